@@ -9,7 +9,7 @@ import iso4217
 
 from service.errors import InvalidArgument
 
-MAX_MINOR_UNITS = 2**62  # far above any real amount, far below int64 overflow in sums
+MAX_MINOR_UNITS = 10**15  # far above any real amount; thousands of them still sum in an int64
 
 
 @cache

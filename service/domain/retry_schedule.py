@@ -16,7 +16,7 @@ DEFAULT_REFUND_SCHEDULE = "refund-default"
 
 
 def validate_code(code: str, field: str) -> str:
-    if not CODE_PATTERN.match(code):
+    if not CODE_PATTERN.fullmatch(code):
         raise InvalidArgument(
             field, "must be 1-63 lower-case letters, digits, '-' or '_', starting alphanumeric"
         )
@@ -60,5 +60,7 @@ class RetrySchedule:
         ``failed_at``; None when the schedule has no attempt left."""
         if attempts_made >= self.max_attempts:
             return None
+        if not self.intervals:
+            return failed_at
         interval = self.intervals[min(max(attempts_made, 1), len(self.intervals)) - 1]
         return failed_at + interval

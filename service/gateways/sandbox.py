@@ -93,5 +93,6 @@ class SandboxGateway:
 def validate_outcome(value: str) -> bool:
     """True when ``value`` is an outcome the sandbox understands."""
     if value.startswith("fail_then_succeed:"):
-        return value.partition(":")[2].isdigit()
+        count = value.partition(":")[2]
+        return count.isascii() and count.isdigit() and len(count) <= 3
     return value in OUTCOMES

@@ -1,0 +1,96 @@
+"""Idempotency keys, the outbox and the audit trail: written inside the caller's transaction."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from repository.database import Connection
+from repository.queries import Queries
+
+Q = Queries("journal")
+
+
+async def claim_request_id(
+    conn: Connection, scope: str, request_id: str, fingerprint: bytes, resource_id: str
+) -> tuple[bool, bytes, str]:
+    """(claimed, fingerprint, resource_id): claimed is False when the id was used before, and
+    then the first request's fingerprint and resource are returned."""
+    got = await conn.fetchval(Q["idempotency_claim"], scope, request_id, fingerprint, resource_id)
+    if got is not None:
+        return True, fingerprint, resource_id
+    row = await conn.fetchrow(Q["idempotency_get"], scope, request_id)
+    assert row is not None
+    return False, bytes(row["fingerprint"]), row["resource_id"]
+
+
+async def add_outbox(
+    conn: Connection,
+    *,
+    event_id: uuid.UUID,
+    event_type: str,
+    aggregate_type: str,
+    aggregate_id: str,
+    payload: bytes,
+) -> None:
+    await conn.execute(
+        Q["outbox_add"], event_id, event_type, aggregate_type, aggregate_id, payload
+    )
+
+
+async def append_audit(
+    conn: Connection,
+    *,
+    actor: str,
+    action: str,
+    entity_type: str,
+    entity_id: str,
+    data: dict[str, Any],
+) -> int:
+    sequence = await conn.fetchval(Q["audit_append"], actor, action, entity_type, entity_id, data)
+    assert isinstance(sequence, int)
+    return sequence
+
+
+async def list_audit(
+    conn: Connection,
+    *,
+    entity_type: str | None,
+    entity_id: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    after_sequence: int,
+    limit: int,
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        Q["audit_list"], entity_type, entity_id, start, end, after_sequence, limit
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    intact: bool
+    rows_checked: int
+    first_broken_sequence: int
+    problem: str
+
+
+async def verify_audit_chain(conn: Connection) -> ChainReport:
+    row = await conn.fetchrow(Q["audit_verify"])
+    assert row is not None
+    rows = int(row["rows_checked"])
+    if row["broken_sequence"] is not None:
+        return ChainReport(False, rows, int(row["broken_sequence"]), row["problem"])
+    max_sequence = row["max_sequence"] or 0
+    if row["head_sequence"] != max_sequence or (
+        max_sequence and bytes(row["head_hash"]) != bytes(row["last_hash"])
+    ):
+        return ChainReport(
+            False, rows, max_sequence + 1 if max_sequence < row["head_sequence"] else max_sequence,
+            "rows at the end of the chain are missing",
+        )
+    return ChainReport(True, rows, 0, "")

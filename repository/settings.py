@@ -1,0 +1,82 @@
+"""The refund policy (versioned rows) and retry schedules."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from repository.database import Connection
+from repository.queries import Queries
+from service.domain.approval_policy import ApprovalTier, RefundPolicy
+from service.domain.money import Money
+
+Q = Queries("settings")
+
+
+def _policy(row: asyncpg.Record) -> RefundPolicy:
+    data = row["policy"]
+    return RefundPolicy(
+        auto_approve={c: int(v) for c, v in data["auto_approve"].items()},
+        tiers=tuple(
+            ApprovalTier(Money(t["currency"], int(t["min_amount"])), int(t["required_approvals"]))
+            for t in data["tiers"]
+        ),
+        refund_window=timedelta(seconds=int(data["refund_window_seconds"])),
+        version=row["version"],
+        updated_by=row["updated_by"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def current_policy(conn: Connection, *, lock: bool = False) -> RefundPolicy:
+    if lock:
+        await conn.execute(Q["lock_policy"])
+    row = await conn.fetchrow(Q["current_policy"])
+    assert row is not None, "the initial migration inserts policy version 0"
+    return _policy(row)
+
+
+async def save_policy(conn: Connection, policy: RefundPolicy, updated_by: str) -> RefundPolicy:
+    data: dict[str, Any] = {
+        "auto_approve": dict(sorted(policy.auto_approve.items())),
+        "tiers": [
+            {
+                "currency": t.min_amount.currency,
+                "min_amount": t.min_amount.minor_units,
+                "required_approvals": t.required_approvals,
+            }
+            for t in policy.tiers
+        ],
+        "refund_window_seconds": int(policy.refund_window.total_seconds()),
+    }
+    row = await conn.fetchrow(Q["insert_policy"], data, updated_by)
+    assert row is not None
+    return _policy(row)
+
+
+async def get_schedule(
+    conn: Connection, code: str, *, lock: bool = False
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(Q["lock_schedule" if lock else "get_schedule"], code)
+
+
+async def insert_schedule(
+    conn: Connection, code: str, description: str, intervals: list[int], max_attempts: int
+) -> asyncpg.Record:
+    row = await conn.fetchrow(Q["insert_schedule"], code, description, intervals, max_attempts)
+    assert row is not None
+    return row
+
+
+async def update_schedule(
+    conn: Connection, code: str, description: str, intervals: list[int], max_attempts: int
+) -> asyncpg.Record:
+    row = await conn.fetchrow(Q["update_schedule"], code, description, intervals, max_attempts)
+    assert row is not None
+    return row
+
+
+async def list_schedules(conn: Connection, after_code: str, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(Q["list_schedules"], after_code, limit)

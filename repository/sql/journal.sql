@@ -1,0 +1,64 @@
+-- name: idempotency_claim
+-- Claim a request id for this request; no row back means it was used before.
+INSERT INTO idempotency_key (scope, request_id, fingerprint, resource_id)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING
+RETURNING resource_id;
+
+-- name: idempotency_get
+SELECT fingerprint, resource_id FROM idempotency_key WHERE scope = $1 AND request_id = $2;
+
+-- name: outbox_add
+INSERT INTO outbox (event_id, event_type, aggregate_type, aggregate_id, payload)
+VALUES ($1, $2, $3, $4, $5);
+
+-- name: audit_append
+-- Written last in a transaction: the chain head stays locked until commit.
+INSERT INTO audit_event (occurred_at, actor, action, entity_type, entity_id, data)
+VALUES (now(), $1, $2, $3, $4, $5)
+RETURNING sequence;
+
+-- name: audit_list
+SELECT * FROM audit_event
+ WHERE ($1::text IS NULL OR entity_type = $1)
+   AND ($2::text IS NULL OR entity_id = $2)
+   AND ($3::timestamptz IS NULL OR occurred_at >= $3)
+   AND ($4::timestamptz IS NULL OR occurred_at < $4)
+   AND sequence > $5
+ ORDER BY sequence
+ LIMIT $6;
+
+-- name: audit_verify
+-- The first row whose stored hash or link disagrees with a recomputation, and the count.
+WITH checked AS (
+    SELECT sequence, hash, previous_hash,
+           lag(hash) OVER (ORDER BY sequence) AS actual_previous,
+           lag(sequence) OVER (ORDER BY sequence) AS previous_sequence,
+           audit_row_hash(previous_hash, sequence, occurred_at, actor, action, entity_type,
+                          entity_id, data) AS recomputed
+      FROM audit_event
+)
+SELECT (SELECT count(*) FROM audit_event) AS rows_checked,
+       (SELECT sequence FROM audit_chain_head) AS head_sequence,
+       (SELECT last_hash FROM audit_chain_head) AS head_hash,
+       (SELECT max(sequence) FROM audit_event) AS max_sequence,
+       (SELECT hash FROM audit_event ORDER BY sequence DESC LIMIT 1) AS last_hash,
+       b.sequence AS broken_sequence,
+       CASE
+           WHEN b.sequence IS NULL THEN NULL
+           WHEN b.recomputed <> b.hash THEN 'content does not match its hash'
+           WHEN b.previous_sequence IS DISTINCT FROM b.sequence - 1
+                AND NOT (b.previous_sequence IS NULL AND b.sequence = 1)
+               THEN 'rows before it are missing'
+           ELSE 'previous_hash does not match the previous row'
+       END AS problem
+  FROM (SELECT 1) one
+  LEFT JOIN LATERAL (
+      SELECT * FROM checked
+       WHERE recomputed <> hash
+          OR (previous_sequence IS NULL AND sequence <> 1)
+          OR (previous_sequence IS NOT NULL AND previous_sequence <> sequence - 1)
+          OR (actual_previous IS NOT NULL AND actual_previous <> previous_hash)
+       ORDER BY sequence
+       LIMIT 1
+  ) b ON true;

@@ -1,0 +1,29 @@
+-- name: current_policy
+SELECT * FROM refund_policy ORDER BY version DESC LIMIT 1;
+
+-- name: insert_policy
+INSERT INTO refund_policy (version, policy, updated_by)
+VALUES ((SELECT max(version) + 1 FROM refund_policy), $1, $2)
+RETURNING *;
+
+-- name: lock_policy
+SELECT version FROM refund_policy ORDER BY version DESC LIMIT 1 FOR UPDATE;
+
+-- name: get_schedule
+SELECT * FROM retry_schedule WHERE code = $1;
+
+-- name: insert_schedule
+INSERT INTO retry_schedule (code, description, intervals, max_attempts)
+VALUES ($1, $2, $3, $4)
+RETURNING *;
+
+-- name: update_schedule
+UPDATE retry_schedule SET description = $2, intervals = $3, max_attempts = $4, updated_at = now()
+ WHERE code = $1
+RETURNING *;
+
+-- name: lock_schedule
+SELECT * FROM retry_schedule WHERE code = $1 FOR UPDATE;
+
+-- name: list_schedules
+SELECT * FROM retry_schedule WHERE code > $1 ORDER BY code LIMIT $2;

@@ -1,0 +1,96 @@
+"""What every mutating use case does in its transaction: honour the request id, and record the
+change as an outbox event and an audit row (the audit row last: it holds the chain head's lock
+until commit)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from refundretry.v1 import events_pb2
+
+from repository import journal
+from repository.database import Connection
+from service.errors import InvalidArgument, RequestIdReused
+
+MAX_REQUEST_ID = 128
+
+
+def fingerprint(*parts: object) -> bytes:
+    """A stable digest of a request's content (everything but its request id)."""
+    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).digest()
+
+
+def validate_request_id(request_id: str) -> str:
+    if not request_id:
+        raise InvalidArgument("request_id", "is required (a unique idempotency key per request)")
+    if len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
+        raise InvalidArgument("request_id", f"must be at most {MAX_REQUEST_ID} printable characters")
+    return request_id
+
+
+async def replayed(
+    conn: Connection, scope: str, request_id: str, digest: bytes, new_resource_id: str
+) -> str | None:
+    """None for a new request id (now claimed for ``new_resource_id``); the first request's
+    resource id when this exact request was made before. A different request under a used id
+    raises RequestIdReused."""
+    claimed, first_digest, resource_id = await journal.claim_request_id(
+        conn, scope, request_id, digest, new_resource_id
+    )
+    if claimed:
+        return None
+    if first_digest != digest:
+        raise RequestIdReused(
+            f"request_id {request_id!r} was already used for a different {scope} request"
+        )
+    return resource_id
+
+
+async def record(
+    conn: Connection,
+    *,
+    actor: str,
+    action: str,
+    entity_type: str,
+    entity_id: str,
+    data: dict[str, Any],
+    event_field: str,
+    event_payload: Any,
+) -> None:
+    """Write the outbox event ``action`` carrying ``event_payload`` in ``Event.<event_field>``,
+    then the audit row."""
+    now = datetime.now(UTC)
+    occurred = Timestamp()
+    occurred.FromDatetime(now)
+    event_id = uuid.uuid4()
+    event = events_pb2.Event(
+        event_id=str(event_id),
+        type=action,
+        occur_time=occurred,
+        aggregate_type=entity_type,
+        aggregate_id=entity_id,
+        actor=actor,
+    )
+    getattr(event, event_field).CopyFrom(event_payload)
+    await journal.add_outbox(
+        conn,
+        event_id=event_id,
+        event_type=action,
+        aggregate_type=entity_type,
+        aggregate_id=entity_id,
+        payload=event.SerializeToString(),
+    )
+    await journal.append_audit(
+        conn,
+        actor=actor,
+        action=action,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        data={**data, "event_id": str(event_id)},
+    )

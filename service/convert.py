@@ -1,0 +1,175 @@
+"""Database rows -> protobuf messages, for RPC responses and outbox events alike."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from google.protobuf import struct_pb2
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from refundretry.v1 import (
+    audit_pb2,
+    money_pb2,
+    payment_pb2,
+    refund_pb2,
+    refund_policy_pb2,
+    retry_schedule_pb2,
+)
+
+from service.domain.approval_policy import RefundPolicy
+
+Row = Mapping[str, Any]
+
+
+def ts(value: datetime | str | None) -> Timestamp | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    out = Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def duration(value: timedelta) -> Duration:
+    out = Duration()
+    out.FromTimedelta(value)
+    return out
+
+
+def money(currency: str, minor_units: int) -> money_pb2.Money:
+    return money_pb2.Money(currency_code=currency, minor_units=minor_units)
+
+
+def payment(row: Row, items: list[Row]) -> payment_pb2.Payment:
+    currency = row["currency"]
+    refundable = row["captured_amount"] - row["refunded_amount"] - row["pending_refund_amount"]
+    return payment_pb2.Payment(
+        payment_id=row["payment_id"],
+        gateway=row["gateway"],
+        gateway_transaction_id=row["gateway_transaction_id"],
+        customer_id=row["customer_id"],
+        subscription_id=row["subscription_id"],
+        billing_event_id=row["billing_event_id"],
+        captured_amount=money(currency, row["captured_amount"]),
+        refunded_amount=money(currency, row["refunded_amount"]),
+        pending_refund_amount=money(currency, row["pending_refund_amount"]),
+        refundable_amount=money(currency, refundable),
+        capture_time=ts(row["captured_at"]),
+        create_time=ts(row["created_at"]),
+        metadata=row["metadata"],
+        items=[
+            payment_pb2.BillingEventItem(
+                item_id=i["item_id"],
+                description=i["description"],
+                amount=money(currency, i["amount"]),
+                tax=money(currency, i["tax"]),
+                service_period_start=ts(i["service_period_start"]),
+                service_period_end=ts(i["service_period_end"]),
+                refunded_amount=money(currency, i["refunded_amount"]),
+                refunded_tax=money(currency, i["refunded_tax"]),
+                pending_refund=money(currency, i["pending_amount"] + i["pending_tax"]),
+            )
+            for i in items
+        ],
+    )
+
+
+def refund(row: Row) -> refund_pb2.RefundEvent:
+    """From a ``refund_view`` row (details, items and approvals as JSON lists)."""
+    currency = row["currency"]
+    return refund_pb2.RefundEvent(
+        refund_id=str(row["refund_id"]),
+        payment_id=row["payment_id"],
+        customer_id=row["customer_id"],
+        subscription_id=row["subscription_id"],
+        amount=money(currency, row["amount"]),
+        status=refund_pb2.RefundStatus.Value(f"REFUND_STATUS_{row['status']}"),
+        reason=row["reason"],
+        requested_by=row["requested_by"],
+        required_approvals=row["required_approvals"],
+        auto_approved=row["auto_approved"],
+        decision_reason=row["decision_reason"],
+        decided_by=row["decided_by"],
+        create_time=ts(row["created_at"]),
+        update_time=ts(row["updated_at"]),
+        approvals=[
+            refund_pb2.Approval(
+                approver=a["approver"], comment=a["comment"], approve_time=ts(a["approved_at"])
+            )
+            for a in row["approvals"]
+        ],
+        items=[
+            refund_pb2.RefundEventItem(
+                item_id=i["item_id"], amount=money(currency, i["amount"]),
+                tax=money(currency, i["tax"]),
+            )
+            for i in row["items"]
+        ],
+        details=[
+            refund_pb2.RefundEventDetail(
+                detail_id=str(d["detail_id"]),
+                original_transaction_id=d["original_transaction_id"],
+                amount=money(currency, d["amount"]),
+                status=refund_pb2.RefundDetailStatus.Value(f"REFUND_DETAIL_STATUS_{d['status']}"),
+                gateway=d["gateway"],
+                gateway_refund_id=d["gateway_refund_id"],
+                retry_schedule_code=d["retry_schedule_code"],
+                next_retry_time=ts(d["next_retry_date"]),
+                attempt_count=d["attempt_count"],
+                remaining_retry_count=d["remaining_retry_count"],
+                last_error_code=d["last_error_code"],
+                last_error_message=d["last_error_message"],
+            )
+            for d in row["details"]
+        ],
+    )
+
+
+def policy(value: RefundPolicy) -> refund_policy_pb2.RefundPolicy:
+    return refund_policy_pb2.RefundPolicy(
+        auto_approval_thresholds=[
+            refund_policy_pb2.AutoApprovalThreshold(max_amount=money(c, v))
+            for c, v in sorted(value.auto_approve.items())
+        ],
+        approval_tiers=[
+            refund_policy_pb2.ApprovalTier(
+                min_amount=money(t.min_amount.currency, t.min_amount.minor_units),
+                required_approvals=t.required_approvals,
+            )
+            for t in value.tiers
+        ],
+        refund_window=duration(value.refund_window),
+        version=value.version,
+        updated_by=value.updated_by,
+        update_time=ts(value.updated_at),
+    )
+
+
+def schedule(row: Row) -> retry_schedule_pb2.RetrySchedule:
+    return retry_schedule_pb2.RetrySchedule(
+        code=row["code"],
+        description=row["description"],
+        intervals=[duration(timedelta(seconds=s)) for s in row["intervals"]],
+        max_attempts=row["max_attempts"],
+        create_time=ts(row["created_at"]),
+        update_time=ts(row["updated_at"]),
+    )
+
+
+def audit_event(row: Row) -> audit_pb2.AuditEvent:
+    data = struct_pb2.Struct()
+    data.update(row["data"])
+    return audit_pb2.AuditEvent(
+        sequence=row["sequence"],
+        occur_time=ts(row["occurred_at"]),
+        actor=row["actor"],
+        action=row["action"],
+        entity_type=row["entity_type"],
+        entity_id=row["entity_id"],
+        data=data,
+        hash=bytes(row["hash"]).hex(),
+        previous_hash=bytes(row["previous_hash"]).hex(),
+    )

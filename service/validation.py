@@ -1,0 +1,44 @@
+"""Field checks shared by every entry point (gRPC and events)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from service.errors import InvalidArgument
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+
+
+def identifier(value: str, field: str, *, required: bool = True) -> str:
+    """An external identifier: 1-128 of letters, digits, '_', '.', ':' or '-'."""
+    if not value:
+        if required:
+            raise InvalidArgument(field, "is required")
+        return value
+    if not _ID.fullmatch(value):
+        raise InvalidArgument(
+            field, "must be 1-128 letters, digits, '_', '.', ':' or '-', starting alphanumeric"
+        )
+    return value
+
+
+def refund_id(value: str, field: str = "refund_id") -> uuid.UUID:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument(field, f"{value!r} is not a refund id (a UUID)") from None
+
+
+def text(value: str, field: str, limit: int = 1000) -> str:
+    if len(value) > limit:
+        raise InvalidArgument(field, f"at most {limit} characters")
+    return value
+
+
+def page_size(value: int, default: int = 50, limit: int = 1000) -> int:
+    if value < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    return min(value or default, limit)
