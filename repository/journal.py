@@ -37,9 +37,7 @@ async def add_outbox(
     aggregate_id: str,
     payload: bytes,
 ) -> None:
-    await conn.execute(
-        Q["outbox_add"], event_id, event_type, aggregate_type, aggregate_id, payload
-    )
+    await conn.execute(Q["outbox_add"], event_id, event_type, aggregate_type, aggregate_id, payload)
 
 
 async def append_audit(
@@ -90,7 +88,9 @@ async def verify_audit_chain(conn: Connection) -> ChainReport:
         max_sequence and bytes(row["head_hash"]) != bytes(row["last_hash"])
     ):
         return ChainReport(
-            False, rows, max_sequence + 1 if max_sequence < row["head_sequence"] else max_sequence,
+            False,
+            rows,
+            max_sequence + 1 if max_sequence < row["head_sequence"] else max_sequence,
             "rows at the end of the chain are missing",
         )
     return ChainReport(True, rows, 0, "")

@@ -30,8 +30,12 @@ async def post(
         Q["insert_journal"], kind, payment_id, refund_id, currency, description
     )
     await conn.execute(
-        Q["insert_lines"], journal_id, list(range(1, len(kept) + 1)), [a for a, _, _ in kept],
-        [d for _, d, _ in kept], [c for _, _, c in kept],
+        Q["insert_lines"],
+        journal_id,
+        list(range(1, len(kept) + 1)),
+        [a for a, _, _ in kept],
+        [d for _, d, _ in kept],
+        [c for _, _, c in kept],
     )
     assert isinstance(journal_id, int)
     return journal_id

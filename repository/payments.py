@@ -41,8 +41,17 @@ async def insert(
     items: Sequence[NewItem],
 ) -> None:
     await conn.execute(
-        Q["insert_payment"], payment_id, gateway, gateway_transaction_id, customer_id,
-        subscription_id, billing_event_id, currency, captured_amount, captured_at, metadata,
+        Q["insert_payment"],
+        payment_id,
+        gateway,
+        gateway_transaction_id,
+        customer_id,
+        subscription_id,
+        billing_event_id,
+        currency,
+        captured_amount,
+        captured_at,
+        metadata,
     )
     await conn.execute(
         Q["insert_items"],
@@ -65,14 +74,16 @@ async def items(conn: Connection, payment_id: str) -> list[asyncpg.Record]:
     return await conn.fetch(Q["get_items"], payment_id)
 
 
-async def reserve(
-    conn: Connection, payment_id: str, lines: Sequence[tuple[str, int, int]]
-) -> None:
+async def reserve(conn: Connection, payment_id: str, lines: Sequence[tuple[str, int, int]]) -> None:
     """Reserve (item_id, net, tax) lines and their total on the payment."""
     total = sum(net + tax for _, net, tax in lines)
     updated = await conn.fetchval(
-        Q["reserve"], payment_id, [item for item, _, _ in lines], [n for _, n, _ in lines],
-        [t for _, _, t in lines], total,
+        Q["reserve"],
+        payment_id,
+        [item for item, _, _ in lines],
+        [n for _, n, _ in lines],
+        [t for _, _, t in lines],
+        total,
     )
     if updated is None:
         raise LookupError(f"payment {payment_id} lost an item while reserving")

@@ -34,12 +34,26 @@ async def insert(
     lines: Sequence[tuple[str, int, int]],
 ) -> None:
     await conn.execute(
-        Q["insert_refund"], refund_id, payment_id, customer_id, subscription_id, currency, amount,
-        status, reason, requested_by, required_approvals, auto_approved,
+        Q["insert_refund"],
+        refund_id,
+        payment_id,
+        customer_id,
+        subscription_id,
+        currency,
+        amount,
+        status,
+        reason,
+        requested_by,
+        required_approvals,
+        auto_approved,
     )
     await conn.execute(
-        Q["insert_refund_items"], refund_id, payment_id, [i for i, _, _ in lines],
-        [n for _, n, _ in lines], [t for _, _, t in lines],
+        Q["insert_refund_items"],
+        refund_id,
+        payment_id,
+        [i for i, _, _ in lines],
+        [n for _, n, _ in lines],
+        [t for _, _, t in lines],
     )
     await conn.execute(
         Q["insert_detail"], detail_id, refund_id, payment_id, amount, gateway, retry_schedule_code
@@ -94,6 +108,13 @@ async def list_views(
     limit: int,
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
-        Q["list"], status, payment_id, customer_id, start, end,
-        after[0] if after else None, after[1] if after else None, limit,
+        Q["list"],
+        status,
+        payment_id,
+        customer_id,
+        start,
+        end,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
     )

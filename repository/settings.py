@@ -56,9 +56,7 @@ async def save_policy(conn: Connection, policy: RefundPolicy, updated_by: str) -
     return _policy(row)
 
 
-async def get_schedule(
-    conn: Connection, code: str, *, lock: bool = False
-) -> asyncpg.Record | None:
+async def get_schedule(conn: Connection, code: str, *, lock: bool = False) -> asyncpg.Record | None:
     return await conn.fetchrow(Q["lock_schedule" if lock else "get_schedule"], code)
 
 

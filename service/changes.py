@@ -30,7 +30,9 @@ def validate_request_id(request_id: str) -> str:
     if not request_id:
         raise InvalidArgument("request_id", "is required (a unique idempotency key per request)")
     if len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
-        raise InvalidArgument("request_id", f"must be at most {MAX_REQUEST_ID} printable characters")
+        raise InvalidArgument(
+            "request_id", f"must be at most {MAX_REQUEST_ID} printable characters"
+        )
     return request_id
 
 

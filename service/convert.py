@@ -103,7 +103,8 @@ def refund(row: Row) -> refund_pb2.RefundEvent:
         ],
         items=[
             refund_pb2.RefundEventItem(
-                item_id=i["item_id"], amount=money(currency, i["amount"]),
+                item_id=i["item_id"],
+                amount=money(currency, i["amount"]),
                 tax=money(currency, i["tax"]),
             )
             for i in row["items"]

@@ -80,8 +80,12 @@ def _validate(cmd: RecordPayment) -> list[payments.NewItem]:
             raise InvalidArgument(f"{name}.service_period_end", "is before the period start")
         items.append(
             payments.NewItem(
-                item.item_id, item.description, item.amount.minor_units, item.tax.minor_units,
-                item.period_start, item.period_end,
+                item.item_id,
+                item.description,
+                item.amount.minor_units,
+                item.tax.minor_units,
+                item.period_start,
+                item.period_end,
             )
         )
     total = sum(i.amount + i.tax for i in items)
@@ -101,13 +105,15 @@ async def load(conn: Connection, payment_id: str) -> tuple[asyncpg.Record, list[
     return row, await payments.items(conn, payment_id)
 
 
-async def record_payment(db: Database, principal: Principal, cmd: RecordPayment) -> tuple[
-    asyncpg.Record, list[asyncpg.Record]
-]:
+async def record_payment(
+    db: Database, principal: Principal, cmd: RecordPayment
+) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
     items = _validate(cmd)
     digest = changes.fingerprint("RecordPayment", _fields(cmd))
     async with db.transaction() as conn:
-        first = await changes.replayed(conn, "RecordPayment", cmd.request_id, digest, cmd.payment_id)
+        first = await changes.replayed(
+            conn, "RecordPayment", cmd.request_id, digest, cmd.payment_id
+        )
         if first is not None:
             return await load(conn, first)
         try:
@@ -153,8 +159,12 @@ async def record_payment(db: Database, principal: Principal, cmd: RecordPayment)
             action="payment.recorded",
             entity_type="payment",
             entity_id=cmd.payment_id,
-            data={"amount": cmd.captured.minor_units, "currency": cmd.captured.currency,
-                  "gateway": cmd.gateway, "customer_id": cmd.customer_id},
+            data={
+                "amount": cmd.captured.minor_units,
+                "currency": cmd.captured.currency,
+                "gateway": cmd.gateway,
+                "customer_id": cmd.customer_id,
+            },
             event_field="payment_recorded",
             event_payload=events_pb2.PaymentRecorded(payment=convert.payment(row, item_rows)),
         )
@@ -165,9 +175,7 @@ def _fields(cmd: RecordPayment) -> dict[str, object]:
     return {k: getattr(cmd, k) for k in cmd.__dataclass_fields__ if k != "request_id"}
 
 
-async def get_payment(
-    db: Database, payment_id: str
-) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+async def get_payment(db: Database, payment_id: str) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
     validation.identifier(payment_id, "payment_id")
     async with db.connection() as conn:
         return await load(conn, payment_id)

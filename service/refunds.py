@@ -63,7 +63,11 @@ async def _view(conn: Connection, refund_id: uuid.UUID) -> asyncpg.Record:
 async def create_refund(db: Database, principal: Principal, cmd: CreateRefund) -> asyncpg.Record:
     _validate_create(cmd)
     digest = changes.fingerprint(
-        "CreateRefund", cmd.payment_id, cmd.amount, list(cmd.lines), cmd.reason,
+        "CreateRefund",
+        cmd.payment_id,
+        cmd.amount,
+        list(cmd.lines),
+        cmd.reason,
         cmd.retry_schedule_code,
     )
     refund_id, detail_id = uuid.uuid4(), uuid.uuid4()
@@ -77,7 +81,8 @@ async def create_refund(db: Database, principal: Principal, cmd: CreateRefund) -
         currency = payment["currency"]
         if cmd.amount is not None and cmd.amount.currency != currency:
             raise InvalidArgument(
-                "amount.currency_code", f"{cmd.amount.currency} differs from the payment's {currency}"
+                "amount.currency_code",
+                f"{cmd.amount.currency} differs from the payment's {currency}",
             )
         if await settings.get_schedule(conn, cmd.retry_schedule_code) is None:
             raise InvalidArgument("retry_schedule_code", f"no schedule {cmd.retry_schedule_code!r}")
@@ -129,8 +134,14 @@ async def create_refund(db: Database, principal: Principal, cmd: CreateRefund) -
             action="refund.created",
             entity_type="refund",
             entity_id=str(refund_id),
-            data={"payment_id": cmd.payment_id, "amount": total.minor_units, "currency": currency,
-                  "auto_approved": auto, "policy_version": policy.version, "reason": cmd.reason},
+            data={
+                "payment_id": cmd.payment_id,
+                "amount": total.minor_units,
+                "currency": currency,
+                "auto_approved": auto,
+                "policy_version": policy.version,
+                "reason": cmd.reason,
+            },
             event_field="refund_created",
             event_payload=events_pb2.RefundCreated(refund=convert.refund(row)),
         )
@@ -173,8 +184,12 @@ async def approve_refund(
             action="refund.approved",
             entity_type="refund",
             entity_id=str(refund_id),
-            data={"approvals": len(previous) + 1, "required": refund["required_approvals"],
-                  "fully_approved": fully, "comment": comment},
+            data={
+                "approvals": len(previous) + 1,
+                "required": refund["required_approvals"],
+                "fully_approved": fully,
+                "comment": comment,
+            },
             event_field="refund_approved",
             event_payload=events_pb2.RefundApproved(
                 refund=convert.refund(row), approver=principal.name, fully_approved=fully
@@ -211,8 +226,12 @@ async def _end_before_processing(
         refund = await _locked(conn, refund_id)
         check_refund_transition(R(refund["status"]), target)
         moved = await refunds.set_status(
-            conn, refund_id, target, sorted(sources_of(target)),
-            decision_reason=reason, decided_by=principal.name,
+            conn,
+            refund_id,
+            target,
+            sorted(sources_of(target)),
+            decision_reason=reason,
+            decided_by=principal.name,
         )
         if not moved:  # the lock above makes this unreachable; keep the guard honest
             raise FailedPrecondition(f"refund {refund_id} changed state concurrently")
@@ -241,7 +260,11 @@ async def reject_refund(
     db: Database, principal: Principal, request_id: str, refund_id: str, reason: str
 ) -> asyncpg.Record:
     return await _end_before_processing(
-        db, principal, target=R.REJECTED, request_id=request_id, refund_id_text=refund_id,
+        db,
+        principal,
+        target=R.REJECTED,
+        request_id=request_id,
+        refund_id_text=refund_id,
         reason=reason,
     )
 
@@ -250,7 +273,11 @@ async def cancel_refund(
     db: Database, principal: Principal, request_id: str, refund_id: str, reason: str
 ) -> asyncpg.Record:
     return await _end_before_processing(
-        db, principal, target=R.CANCELED, request_id=request_id, refund_id_text=refund_id,
+        db,
+        principal,
+        target=R.CANCELED,
+        request_id=request_id,
+        refund_id_text=refund_id,
         reason=reason,
     )
 

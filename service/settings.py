@@ -26,8 +26,12 @@ async def update_policy(
 ) -> RefundPolicy:
     """Store ``policy`` (already merged with the current one by the caller's field mask)."""
     changes.validate_request_id(request_id)
-    digest = changes.fingerprint("UpdateRefundPolicy", repr(policy.auto_approve),
-                                 repr(policy.tiers), policy.refund_window.total_seconds())
+    digest = changes.fingerprint(
+        "UpdateRefundPolicy",
+        repr(policy.auto_approve),
+        repr(policy.tiers),
+        policy.refund_window.total_seconds(),
+    )
     async with db.transaction() as conn:
         first = await changes.replayed(conn, "UpdateRefundPolicy", request_id, digest, "policy")
         if first is not None:
@@ -40,10 +44,15 @@ async def update_policy(
             action="refund_policy.updated",
             entity_type="refund_policy",
             entity_id="refund-policy",
-            data={"version": saved.version, "auto_approve": saved.auto_approve,
-                  "tiers": [[t.min_amount.currency, t.min_amount.minor_units,
-                             t.required_approvals] for t in saved.tiers],
-                  "refund_window_seconds": int(saved.refund_window.total_seconds())},
+            data={
+                "version": saved.version,
+                "auto_approve": saved.auto_approve,
+                "tiers": [
+                    [t.min_amount.currency, t.min_amount.minor_units, t.required_approvals]
+                    for t in saved.tiers
+                ],
+                "refund_window_seconds": int(saved.refund_window.total_seconds()),
+            },
             event_field="refund_policy_updated",
             event_payload=events_pb2.RefundPolicyUpdated(policy=convert.policy(saved)),
         )
@@ -66,7 +75,10 @@ async def create_schedule(
         if first is None:
             try:
                 row = await settings.insert_schedule(
-                    conn, schedule.code, schedule.description, _seconds(schedule),
+                    conn,
+                    schedule.code,
+                    schedule.description,
+                    _seconds(schedule),
                     schedule.max_attempts,
                 )
             except asyncpg.UniqueViolationError as exc:
@@ -91,7 +103,10 @@ async def update_schedule(
             if await settings.get_schedule(conn, schedule.code, lock=True) is None:
                 raise NotFound(f"retry schedule {schedule.code!r} does not exist")
             row = await settings.update_schedule(
-                conn, schedule.code, schedule.description, _seconds(schedule),
+                conn,
+                schedule.code,
+                schedule.description,
+                _seconds(schedule),
                 schedule.max_attempts,
             )
             await _record(conn, principal, "retry_schedule.updated", row)
@@ -109,8 +124,11 @@ async def _record(conn: object, principal: Principal, action: str, row: asyncpg.
         action=action,
         entity_type="retry_schedule",
         entity_id=row["code"],
-        data={"intervals": list(row["intervals"]), "max_attempts": row["max_attempts"],
-              "description": row["description"]},
+        data={
+            "intervals": list(row["intervals"]),
+            "max_attempts": row["max_attempts"],
+            "description": row["description"],
+        },
         event_field="retry_schedule_changed",
         event_payload=events_pb2.RetryScheduleChanged(schedule=convert.schedule(row)),
     )
@@ -127,7 +145,9 @@ async def get_schedule(db: Database, code: str) -> asyncpg.Record:
 
 def schedule_from_row(row: asyncpg.Record) -> RetrySchedule:
     return RetrySchedule(
-        row["code"], tuple(timedelta(seconds=s) for s in row["intervals"]), row["max_attempts"],
+        row["code"],
+        tuple(timedelta(seconds=s) for s in row["intervals"]),
+        row["max_attempts"],
         row["description"],
     )
 

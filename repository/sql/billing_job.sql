@@ -38,7 +38,6 @@ SELECT d.*, r.status AS refund_status, r.reason, r.currency, p.payment_id,
 -- PENDING / RETRY_SCHEDULED -> PROCESSING with a new attempt number, under our lease.
 UPDATE refund_event_detail
    SET status = 'PROCESSING', attempt_count = attempt_count + 1, attempt_open = true,
-       remaining_retry_count = greatest(remaining_retry_count - 1, 0),
        next_retry_date = NULL, updated_at = now()
  WHERE detail_id = $1 AND lease_owner = $2 AND status IN ('PENDING', 'RETRY_SCHEDULED')
 RETURNING attempt_count;
@@ -51,7 +50,7 @@ SELECT * FROM refund_event_detail WHERE detail_id = $1 AND lease_owner = $2 FOR 
 UPDATE refund_event_detail
    SET status = $3, gateway_refund_id = CASE WHEN $4 = '' THEN gateway_refund_id ELSE $4 END,
        attempt_open = $5, next_retry_date = $6, last_error_code = $7, last_error_message = $8,
-       lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+       remaining_retry_count = $9, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
  WHERE detail_id = $1 AND lease_owner = $2
 RETURNING *;
 

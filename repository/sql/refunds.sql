@@ -12,7 +12,7 @@ SELECT $1, $2, item_id, amount, tax
 INSERT INTO refund_event_detail (detail_id, refund_id, original_transaction_id, amount, gateway,
                                  status, retry_schedule_code, remaining_retry_count)
 VALUES ($1, $2, $3, $4, $5, 'PENDING', $6,
-        (SELECT max_attempts FROM retry_schedule WHERE code = $6));
+        (SELECT max_attempts - 1 FROM retry_schedule WHERE code = $6));
 
 -- name: lock_refund
 SELECT * FROM refund_event WHERE refund_id = $1 FOR UPDATE;

@@ -62,9 +62,7 @@ def plan_amount(balances: Sequence[ItemBalance], amount: Money) -> list[ItemRefu
         )
     buckets = [w for b in balances for w in (b.net_left, b.tax_left)]
     parts = allocate(amount.minor_units, buckets)
-    plan = [
-        ItemRefund(b.item_id, parts[2 * i], parts[2 * i + 1]) for i, b in enumerate(balances)
-    ]
+    plan = [ItemRefund(b.item_id, parts[2 * i], parts[2 * i + 1]) for i, b in enumerate(balances)]
     return [p for p in plan if p.gross]
 
 

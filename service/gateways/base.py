@@ -68,8 +68,9 @@ class RefundOutcome:
     retryable: bool = False
 
     @classmethod
-    def declined(cls, code: RefundErrorCode, message: str, *, retryable: bool,
-                 gateway_refund_id: str = "") -> RefundOutcome:
+    def declined(
+        cls, code: RefundErrorCode, message: str, *, retryable: bool, gateway_refund_id: str = ""
+    ) -> RefundOutcome:
         return cls(OutcomeKind.DECLINED, gateway_refund_id, code.value, message, retryable)
 
 

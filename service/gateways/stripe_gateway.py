@@ -30,9 +30,9 @@ tens) are not handled here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import httpx
 import stripe
@@ -56,7 +56,7 @@ STRIPE_REFUND_REASONS: Final = frozenset({"duplicate", "fraudulent", "requested_
 _FAILURE_REASONS: Final[dict[str, tuple[RefundErrorCode, bool]]] = {
     "lost_or_stolen_card": (RefundErrorCode.LOST_OR_STOLEN_CARD, False),
     "expired_or_canceled_card": (RefundErrorCode.CARD_EXPIRED_OR_CANCELED, False),
-    "insufficient_funds": (RefundErrorCode.INSUFFICIENT_MERCHANT_BALANCE, True),
+    "insufficient_funds": (RefundErrorCode.INSUFFICIENT_MERCHANT_BALANCE, False),
     "declined": (RefundErrorCode.DECLINED, False),
 }
 
@@ -188,6 +188,26 @@ def _outcome_for_error(exc: stripe.StripeError, attempts: _Attempts) -> RefundOu
     return RefundOutcome(OutcomeKind.UNKNOWN, "", code.value, message, retryable=True)
 
 
+class _HTTPXClient(stripe.HTTPXClient):
+    """The SDK's httpx client, sending the form body as ``content=``.
+
+    stripe 16's ``HTTPXClient`` passes the already-encoded body as ``data=<str>``, which httpx
+    0.28 deprecates (a DeprecationWarning on every POST; httpx 1.0 drops it). This override of
+    its request-arguments hook sends the same bytes the supported way. No proxy is configured
+    here, so the SDK's proxy argument is not needed.
+    """
+
+    def _get_request_args_kwargs(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: str | bytes | None
+    ) -> tuple[tuple[str, str], dict[str, Any]]:
+        kwargs: dict[str, Any] = {"headers": headers}
+        if post_data:
+            kwargs["content"] = post_data
+        if self._timeout:
+            kwargs["timeout"] = self._timeout
+        return (method, url), kwargs
+
+
 class StripeGateway:
     """Refunds through Stripe's API (v1 refunds), one ``StripeClient`` per gateway."""
 
@@ -207,7 +227,7 @@ class StripeGateway:
             raise ValueError("timeout_seconds must be positive")
         self._max_attempts = max_attempts
         # The SDK's httpx client: its async methods are what ``*_async`` calls use.
-        self._http_client = stripe.HTTPXClient(timeout=timeout_seconds)
+        self._http_client = _HTTPXClient(timeout=timeout_seconds)
         self._client = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base} if api_base else None,

@@ -44,6 +44,7 @@ class Event(_message.Message):
     REFUND_ATTEMPT_FAILED_FIELD_NUMBER: _builtins.int
     REFUND_POLICY_UPDATED_FIELD_NUMBER: _builtins.int
     RETRY_SCHEDULE_CHANGED_FIELD_NUMBER: _builtins.int
+    REFUND_REQUIRES_ACTION_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id; a redelivered event keeps it."""
     type: _builtins.str
@@ -75,6 +76,8 @@ class Event(_message.Message):
     def refund_policy_updated(self) -> Global___RefundPolicyUpdated: ...
     @_builtins.property
     def retry_schedule_changed(self) -> Global___RetryScheduleChanged: ...
+    @_builtins.property
+    def refund_requires_action(self) -> Global___RefundRequiresAction: ...
     def __init__(
         self,
         *,
@@ -95,12 +98,13 @@ class Event(_message.Message):
         refund_attempt_failed: Global___RefundAttemptFailed | None = ...,
         refund_policy_updated: Global___RefundPolicyUpdated | None = ...,
         retry_schedule_changed: Global___RetryScheduleChanged | None = ...,
+        refund_requires_action: Global___RefundRequiresAction | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time", "payload", b"payload", "payment_recorded", b"payment_recorded", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_succeeded", b"refund_succeeded", "retry_schedule_changed", b"retry_schedule_changed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time", "payload", b"payload", "payment_recorded", b"payment_recorded", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_schedule_changed", b"retry_schedule_changed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "event_id", b"event_id", "occur_time", b"occur_time", "payload", b"payload", "payment_recorded", b"payment_recorded", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_succeeded", b"refund_succeeded", "retry_schedule_changed", b"retry_schedule_changed", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "event_id", b"event_id", "occur_time", b"occur_time", "payload", b"payload", "payment_recorded", b"payment_recorded", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_schedule_changed", b"retry_schedule_changed", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_recorded", "refund_created", "refund_approved", "refund_rejected", "refund_canceled", "refund_processing", "refund_succeeded", "refund_failed", "refund_attempt_failed", "refund_policy_updated", "retry_schedule_changed"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_recorded", "refund_created", "refund_approved", "refund_rejected", "refund_canceled", "refund_processing", "refund_succeeded", "refund_failed", "refund_attempt_failed", "refund_policy_updated", "retry_schedule_changed", "refund_requires_action"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -331,6 +335,34 @@ class RefundAttemptFailed(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RefundAttemptFailed: _TypeAlias = RefundAttemptFailed  # noqa: Y015
+
+@_typing.final
+class RefundRequiresAction(_message.Message):
+    """The gateway needs someone to act before the refund can finish."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFUND_FIELD_NUMBER: _builtins.int
+    DETAIL_ID_FIELD_NUMBER: _builtins.int
+    GATEWAY_REFUND_ID_FIELD_NUMBER: _builtins.int
+    detail_id: _builtins.str
+    gateway_refund_id: _builtins.str
+    @_builtins.property
+    def refund(self) -> _refund_pb2.RefundEvent: ...
+    def __init__(
+        self,
+        *,
+        refund: _refund_pb2.RefundEvent | None = ...,
+        detail_id: _builtins.str = ...,
+        gateway_refund_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["refund", b"refund"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail_id", b"detail_id", "gateway_refund_id", b"gateway_refund_id", "refund", b"refund"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundRequiresAction: _TypeAlias = RefundRequiresAction  # noqa: Y015
 
 @_typing.final
 class RefundPolicyUpdated(_message.Message):

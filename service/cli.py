@@ -1,0 +1,133 @@
+"""The ``refund-retry`` command: serve, migrate, run-billing-job, verify-audit, reconcile."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from repository.database import Database, ensure_database, migrate
+from service import audit, reconciliation
+from service.config import Config
+from service.errors import ConfigError
+from service.logs import configure
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)  # type: ignore[no-any-return]
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+        return asyncio.run(coro)
+
+
+async def _migrate(config: Config) -> int:
+    created = await ensure_database(config.database_url)
+    applied = await migrate(config.database_url)
+    print(
+        ("created the database; " if created else "")
+        + (f"applied migrations {applied}" if applied else "schema is up to date")
+    )
+    return 0
+
+
+async def _serve(config: Config) -> int:
+    from service.server import serve
+
+    await serve(config)
+    return 0
+
+
+async def _run_job(config: Config) -> int:
+    from service.jobs.billing_job import JobRequest
+    from service.server import build_billing_job, build_gateways
+
+    db = await Database.connect(config.database_url, max_size=4)
+    gateways = build_gateways(config)
+    try:
+        summary = await build_billing_job(config, db, gateways).run(
+            JobRequest(limit=config.billing_job_batch)
+        )
+    finally:
+        for gateway in gateways.values():
+            await gateway.close()
+        await db.close()
+    print(json.dumps({k: getattr(summary, k) for k in summary.__slots__}, default=str))
+    return 0
+
+
+async def _verify_audit(config: Config) -> int:
+    db = await Database.connect(config.database_url, max_size=1)
+    try:
+        report = await audit.verify_chain(db)
+    finally:
+        await db.close()
+    if report.intact:
+        print(f"audit chain intact: {report.rows_checked} rows")
+        return 0
+    print(
+        f"audit chain BROKEN at sequence {report.first_broken_sequence}: {report.problem} "
+        f"({report.rows_checked} rows checked)"
+    )
+    return 1
+
+
+async def _reconcile(config: Config) -> int:
+    db = await Database.connect(config.database_url, max_size=1)
+    try:
+        report = await reconciliation.reconcile(db)
+    finally:
+        await db.close()
+    for t in report.totals:
+        print(
+            f"{t.currency}: captured {t.captured} refunded {t.refunded} pending {t.pending} "
+            f"ledger debits {t.ledger_debits} credits {t.ledger_credits} (minor units)"
+        )
+    for issue in report.issues:
+        print(
+            f"MISMATCH {issue.check} [{issue.entity_id}]: expected {issue.expected} "
+            f"{issue.currency}, found {issue.actual}"
+        )
+    print("balanced" if report.balanced else f"{len(report.issues)} mismatches")
+    return 0 if report.balanced else 1
+
+
+COMMANDS = {
+    "serve": (_serve, "run the gRPC server and the billing job until SIGTERM"),
+    "migrate": (_migrate, "create the database if needed and apply pending migrations"),
+    "run-billing-job": (_run_job, "execute approved refunds and due retries once"),
+    "verify-audit": (_verify_audit, "recompute the audit hash chain; name the first broken row"),
+    "reconcile": (_reconcile, "prove that ledger, refunds and payments agree"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="refund-retry",
+        description="Refunds and payment retries for billing systems. Settings come from "
+        "REFUND_RETRY_* environment variables (see the README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text)
+    args = parser.parse_args(argv)
+    try:
+        config = Config.from_env()
+        configure(config.log_level, config.log_format)
+        return _run(COMMANDS[args.command][0](config))
+    except ConfigError as exc:
+        print(f"refund-retry: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"refund-retry: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""One lifecycle for every long-running part: pool -> gateways -> billing job -> gRPC; stopped
+in reverse by one stop event, with a bounded grace period."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from refundretry.v1 import refund_retry_service_pb2, refund_retry_service_pb2_grpc
+from repository.database import Database
+from service.config import Config
+from service.gateways.base import Gateway
+from service.gateways.sandbox import SandboxGateway
+from service.grpc.servicer import RefundRetryServicer
+from service.jobs.billing_job import BillingJob, JobRequest
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = refund_retry_service_pb2.DESCRIPTOR.services_by_name["RefundRetryService"].full_name
+
+
+def build_gateways(config: Config) -> dict[str, Gateway]:
+    gateways: dict[str, Gateway] = {"sandbox": SandboxGateway()}
+    if config.stripe_api_key:
+        from service.gateways.stripe_gateway import StripeGateway
+
+        gateways["stripe"] = StripeGateway(config.stripe_api_key, config.stripe_api_base or None)
+    return gateways
+
+
+def build_billing_job(config: Config, db: Database, gateways: dict[str, Gateway]) -> BillingJob:
+    return BillingJob(
+        db,
+        gateways,
+        lease=timedelta(seconds=config.lease_seconds),
+        pending_sync_interval=timedelta(seconds=config.pending_sync_seconds),
+        unknown_replay_delay=timedelta(seconds=config.unknown_replay_seconds),
+    )
+
+
+@dataclass
+class Service:
+    """A running service; ``port`` is the bound gRPC port (useful when configured as 0)."""
+
+    config: Config
+    db: Database
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    gateways: dict[str, Gateway]
+    billing_job: BillingJob
+    port: int
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _stopped: bool = False
+
+    async def stop(self) -> None:
+        """Idempotent: report NOT_SERVING, drain in-flight RPCs within the grace period, stop
+        the billing loop, close gateways and the pool."""
+        if self._stopped:
+            return
+        self._stopped = True
+        log.info("stopping: draining in-flight calls", extra={"action": "service.stopping"})
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.shutdown_grace_seconds)
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for gateway in self.gateways.values():
+            await gateway.close()
+        await self.db.close()
+        log.info("stopped", extra={"action": "service.stopped"})
+
+
+async def _billing_loop(job: BillingJob, interval: int, batch: int) -> None:
+    while True:
+        try:
+            await job.run(JobRequest(limit=batch))
+        except Exception:
+            log.exception(
+                "billing job run failed; next run in %d s",
+                interval,
+                extra={"action": "billing_job.failed"},
+            )
+        await asyncio.sleep(interval)
+
+
+async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
+    tokens = config.require_tokens()
+    db = await Database.connect(config.database_url, max_size=config.db_pool_size)
+    gateways = build_gateways(config)
+    job = build_billing_job(config, db, gateways)
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    refund_retry_service_pb2_grpc.add_RefundRetryServiceServicer_to_server(
+        RefundRetryServicer(db, tokens, job), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(f"{config.grpc_host}:{config.grpc_port}")
+    if port == 0:
+        await db.close()
+        raise OSError(f"cannot bind gRPC to {config.grpc_host}:{config.grpc_port}")
+    await server.start()
+    for name in (SERVICE_NAME, ""):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    service = Service(config, db, server, health_servicer, gateways, job, port)
+    if run_billing_loop and config.billing_job_interval:
+        service.tasks.append(
+            asyncio.create_task(
+                _billing_loop(job, config.billing_job_interval, config.billing_job_batch),
+                name="billing-job",
+            )
+        )
+    log.info(
+        "serving gRPC on %s:%d",
+        config.grpc_host,
+        port,
+        extra={"action": "service.started", "port": port, "gateways": sorted(gateways)},
+    )
+    return service
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    service = await start(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiters = [asyncio.create_task(stop.wait(), name="stop-signal")]
+    waiters += [t for t in service.tasks]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiters[0].cancel()
+        await service.stop()

@@ -1,0 +1,710 @@
+"""A local HTTP server that speaks the part of Stripe's API our gateway uses: refunds.
+
+Tests never reach the internet: this stub listens on 127.0.0.1 (a free port) in a background
+thread, and the real ``stripe`` SDK talks to it. It follows Stripe's documented behaviour where
+our code depends on it:
+
+* **Authentication**: ``Authorization: Bearer <key>`` (or HTTP basic with the key as user);
+  a missing or wrong key is a 401 ``invalid_request_error``.
+* **Refunds**: ``POST /v1/refunds`` (form-encoded: ``payment_intent`` or ``charge``, optional
+  ``amount`` defaulting to what is left, ``metadata[...]``, ``reason``) and
+  ``GET /v1/refunds/{id}``. A refund above what is left is ``amount_too_large``, a fully
+  refunded charge ``charge_already_refunded``, an unknown payment ``resource_missing`` (404).
+  Pending and succeeded refunds hold their amount; a failed one gives it back.
+* **Idempotency** (POST only, ``Idempotency-Key`` header): once an endpoint starts executing, its
+  answer is saved; the same key with the same parameters replays it (header
+  ``Idempotent-Replayed: true``, the body as first sent, no new money movement); the same key
+  with other parameters is a 400 ``idempotency_error``; the same key while its first request is
+  still running is a 409. Answers given before execution starts are not saved: authentication
+  and rate-limit errors, parameter validation errors, and the injected 500s below (they model a
+  failure in front of the API, so a retry with the same key can succeed).
+
+Each payment's behaviour is set by the test (``add_payment(..., behaviour=...)``), as a
+comma-separated list of an outcome and faults:
+
+==============================  ============================================================
+``succeed`` (default)           refunds succeed at once
+``pending_then_succeed``        refunds are ``pending`` until :meth:`settle` or the
+                                ``settle_after_retrieves``-th GET, then ``succeeded``
+``pending_then_fail``           the same, then ``failed`` with ``failure_reason``
+``requires_action``             refunds are ``requires_action`` (``settle`` succeeds them)
+``fail_with_500:N``             the next N POSTs for the payment answer 500 ``api_error``
+``rate_limit:N``                the next N POSTs answer 429 ``rate_limit``
+``slow:SECONDS[:N]``            POSTs (the first N only, when given) take SECONDS to execute
+==============================  ============================================================
+
+Faults are used up in the order written: ``fail_with_500:1,rate_limit:5`` answers one 500, then
+five 429s, then normally.
+
+Routes live in a table (:meth:`StripeStubServer.add_route`) so more of the API (PaymentIntents)
+can be added later.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlsplit
+
+JSON = dict[str, Any]
+
+DEFAULT_API_KEY = "sk_test_stub_4eC39HqLyjWDarjtT1zdp7dc"
+REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+FAILURE_REASONS = frozenset(
+    {
+        "lost_or_stolen_card",
+        "expired_or_canceled_card",
+        "charge_for_pending_refund_disputed",
+        "insufficient_funds",
+        "declined",
+        "merchant_request",
+        "unknown",
+    }
+)
+OUTCOMES = frozenset({"succeed", "pending_then_succeed", "pending_then_fail", "requires_action"})
+_REFUND_PARAMS = frozenset({"amount", "charge", "payment_intent", "reason", "metadata", "expand"})
+_METADATA_KEY = re.compile(r"^metadata\[(?P<key>[^\]]*)\]$")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """One request the stub answered."""
+
+    method: str
+    path: str
+    idempotency_key: str | None
+    params: dict[str, str]
+    status: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StubRequest:
+    """A request as a route handler sees it."""
+
+    method: str
+    path: str
+    match: re.Match[str]
+    headers: Mapping[str, str]  # lower-cased names
+    params: dict[str, str]  # form or query parameters, keys as sent (``metadata[k]``)
+    idempotency_key: str | None
+
+
+@dataclass(slots=True)
+class StubResponse:
+    status: int
+    body: JSON
+    headers: dict[str, str] = field(default_factory=dict)
+    # Saved for idempotent replay: the endpoint began executing.
+    saved: bool = True
+
+
+Handler = Callable[[StubRequest], StubResponse]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    handler: Handler
+
+
+def stripe_error(
+    status: int,
+    error_type: str,
+    message: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    saved: bool = True,
+) -> StubResponse:
+    """An error in Stripe's shape: ``{"error": {"type", "message", "code", "param"}}``."""
+    error: JSON = {"type": error_type, "message": message, "code": code}
+    if param is not None:
+        error["param"] = param
+    return StubResponse(status, {"error": error}, saved=saved)
+
+
+@dataclass(slots=True)
+class _Fault:
+    kind: str  # "500" or "429"
+    remaining: int
+
+
+@dataclass(slots=True)
+class Payment:
+    """A payment refunds can be made against: a PaymentIntent (with its charge) or a charge."""
+
+    id: str
+    amount: int
+    currency: str
+    outcome: str
+    failure_reason: str
+    settle_after_retrieves: int | None
+    charge_id: str
+    payment_intent_id: str | None
+    faults: list[_Fault] = field(default_factory=list)
+    delay_seconds: float = 0.0
+    slow_requests: int | None = None  # None: every POST is slow
+    refunded: int = 0  # held by pending and succeeded refunds
+
+    @property
+    def remaining(self) -> int:
+        return self.amount - self.refunded
+
+
+@dataclass(slots=True)
+class _Refund:
+    object: JSON
+    payment: Payment
+    retrieves: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Saved:
+    fingerprint: tuple[str, str, tuple[tuple[str, str], ...]]
+    response: StubResponse
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """An admitted request: what to run, after how long, under which key."""
+
+    route: Route
+    request: StubRequest
+    delay: float
+    fingerprint: tuple[str, str, tuple[tuple[str, str], ...]]
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def _masked(key: str) -> str:
+    return f"{key[:8]}****{key[-4:]}" if len(key) > 12 else "****"
+
+
+def _parse_behaviour(payment: Payment, behaviour: str) -> None:
+    for step in filter(None, (part.strip() for part in behaviour.split(","))):
+        name, _, arg = step.partition(":")
+        if step in OUTCOMES:
+            payment.outcome = step
+        elif name == "fail_with_500":
+            payment.faults.append(_Fault("500", int(arg)))
+        elif name == "rate_limit":
+            payment.faults.append(_Fault("429", int(arg)))
+        elif name == "slow":
+            seconds, _, count = arg.partition(":")
+            payment.delay_seconds = float(seconds)
+            payment.slow_requests = int(count) if count else None
+        else:
+            raise ValueError(f"unknown stub behaviour {step!r}")
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    stub: StripeStubServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (a timeout test) is expected; anything else is a stub bug.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError):
+            return
+        self.stub.errors.append(repr(exc))
+        super().handle_error(request, client_address)
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    server_version = "stripe-stub/1"
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode() if length else ""
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        stub = cast(_HTTPServer, self.server).stub
+        response = stub.dispatch(self.command, self.path, headers, body)
+        payload = json.dumps(response.body).encode()
+        try:
+            self.send_response(response.status)
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except ConnectionError:
+            pass  # the client stopped waiting; the work is done, the answer is lost
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+class StripeStubServer:
+    """A stateful fake of Stripe's refund API on 127.0.0.1.
+
+    Start it with :meth:`start` (or the ``stripe_server`` fixture); register payments with
+    :meth:`add_payment`; inspect :attr:`refunds` and :attr:`requests`.
+    """
+
+    def __init__(self, api_key: str = DEFAULT_API_KEY) -> None:
+        self.api_key = api_key
+        self.errors: list[str] = []  # unexpected exceptions inside the stub
+        self.routes: list[Route] = []
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        self._payment_intents: dict[str, Payment] = {}
+        self._charges: dict[str, Payment] = {}
+        self._refunds: dict[str, _Refund] = {}
+        self._requests: list[RecordedRequest] = []
+        self._saved: dict[str, _Saved] = {}
+        self._in_flight: set[str] = set()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.add_route("POST", r"/v1/refunds", self._create_refund)
+        self.add_route("GET", r"/v1/refunds/(?P<id>[^/]+)", self._retrieve_refund)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        httpd = _HTTPServer(("127.0.0.1", 0), _RequestHandler)
+        httpd.stub = self
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="stripe-stub",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    @property
+    def base_url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("the stub is not started")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    # -- set-up and introspection for tests --------------------------------------------------
+
+    def add_route(self, method: str, pattern: str, handler: Handler) -> None:
+        """Serve ``method`` on paths fully matching ``pattern`` (named groups reach handler)."""
+        self.routes.append(Route(method, re.compile(pattern), handler))
+
+    def add_payment(
+        self,
+        payment_id: str,
+        *,
+        amount: int,
+        currency: str = "usd",
+        behaviour: str = "succeed",
+        failure_reason: str = "expired_or_canceled_card",
+        settle_after_retrieves: int | None = None,
+    ) -> Payment:
+        """Register a PaymentIntent (``pi_...``, with a charge) or a charge (``ch_...``)."""
+        if failure_reason not in FAILURE_REASONS:
+            raise ValueError(f"unknown failure_reason {failure_reason!r}")
+        if payment_id.startswith("pi_"):
+            charge_id, intent_id = _new_id("ch"), payment_id
+        elif payment_id.startswith("ch_"):
+            charge_id, intent_id = payment_id, None
+        else:
+            raise ValueError("a payment id starts with pi_ or ch_")
+        payment = Payment(
+            id=payment_id,
+            amount=amount,
+            currency=currency.lower(),
+            outcome="succeed",
+            failure_reason=failure_reason,
+            settle_after_retrieves=settle_after_retrieves,
+            charge_id=charge_id,
+            payment_intent_id=intent_id,
+        )
+        _parse_behaviour(payment, behaviour)
+        with self._lock:
+            if intent_id is not None:
+                self._payment_intents[intent_id] = payment
+            self._charges[charge_id] = payment
+        return payment
+
+    def settle(self, refund_id: str, *, succeed: bool | None = None) -> JSON:
+        """Finish a pending (or requires_action) refund as its payment's behaviour says."""
+        with self._lock:
+            refund = self._refunds[refund_id]
+            if refund.object["status"] not in ("pending", "requires_action"):
+                raise ValueError(f"refund {refund_id} is {refund.object['status']}")
+            if succeed is None:
+                succeed = refund.payment.outcome != "pending_then_fail"
+            self._settle(refund, succeed=succeed)
+            return copy.deepcopy(refund.object)
+
+    @property
+    def refunds(self) -> list[JSON]:
+        """The refunds created, oldest first (copies)."""
+        with self._lock:
+            return [copy.deepcopy(refund.object) for refund in self._refunds.values()]
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request answered, in order."""
+        with self._lock:
+            return list(self._requests)
+
+    def refunded_amount(self, payment_id: str) -> int:
+        """What pending and succeeded refunds hold on a payment."""
+        with self._lock:
+            payment = self._payment_intents.get(payment_id) or self._charges[payment_id]
+            return payment.refunded
+
+    def wait_for_refunds(self, count: int, timeout: float = 5.0) -> bool:
+        """Block until at least ``count`` refunds exist (for requests still running)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self._refunds) >= count, timeout)
+
+    # -- the HTTP layer ----------------------------------------------------------------------
+
+    def dispatch(
+        self, method: str, raw_path: str, headers: Mapping[str, str], body: str
+    ) -> StubResponse:
+        """Answer one request: authentication, routing, faults, idempotency, the handler."""
+        split = urlsplit(raw_path)
+        params = dict(parse_qsl(body if method == "POST" else split.query, keep_blank_values=True))
+        key = headers.get("idempotency-key") if method == "POST" else None
+        with self._lock:
+            admitted = self._admit(method, split.path, headers, params, key)
+        if isinstance(admitted, StubResponse):
+            self._record(method, split.path, key, params, admitted)
+            return admitted
+        if admitted.delay:
+            self._stopping.wait(admitted.delay)
+        with self._changed:
+            try:
+                response = admitted.route.handler(admitted.request)
+            except Exception as exc:  # a stub bug: answer like Stripe would, and remember it
+                self.errors.append(repr(exc))
+                response = stripe_error(500, "api_error", f"stub failure: {exc!r}", saved=False)
+            finally:
+                if key is not None:
+                    self._in_flight.discard(key)
+            if key is not None and response.saved:
+                self._saved[key] = _Saved(admitted.fingerprint, copy.deepcopy(response))
+            self._record(method, split.path, key, params, response)
+            self._changed.notify_all()
+        return response
+
+    def _admit(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        params: dict[str, str],
+        key: str | None,
+    ) -> _Plan | StubResponse:
+        denied = self._authenticate(headers.get("authorization", ""))
+        if denied is not None:
+            return denied
+        for route in self.routes:
+            match = route.pattern.fullmatch(path)
+            if match is not None and route.method == method:
+                break
+        else:
+            return stripe_error(
+                404,
+                "invalid_request_error",
+                f"Unrecognized request URL ({method}: {path}).",
+                saved=False,
+            )
+        request = StubRequest(method, path, match, headers, params, key)
+        payment = self._target(request)
+        if method == "POST" and payment is not None:
+            fault = self._take_fault(payment)
+            if fault is not None:
+                return fault
+        fingerprint = (method, path, tuple(sorted(params.items())))
+        if key is not None:
+            if key in self._in_flight:
+                return stripe_error(
+                    409,
+                    "idempotency_error",
+                    "There is currently another in-progress request using this Idempotent "
+                    "Key (that probably means you submitted twice, and the other request is "
+                    "still going through): " + key + ". Please try again later.",
+                    code="idempotency_key_in_use",
+                    saved=False,
+                )
+            saved = self._saved.get(key)
+            if saved is not None:
+                if saved.fingerprint != fingerprint:
+                    return stripe_error(
+                        400,
+                        "idempotency_error",
+                        "Keys for idempotent requests can only be used with the same "
+                        "parameters they were first used with. Try using a key other than "
+                        f"'{key}' if you meant to execute a different request.",
+                        saved=False,
+                    )
+                replay = copy.deepcopy(saved.response)
+                replay.headers["Idempotent-Replayed"] = "true"
+                return replay
+            self._in_flight.add(key)
+        delay = 0.0
+        if method == "POST" and payment is not None and payment.slow_requests != 0:
+            delay = payment.delay_seconds
+            if delay and payment.slow_requests is not None:
+                payment.slow_requests -= 1
+        return _Plan(route, request, delay, fingerprint)
+
+    def _authenticate(self, authorization: str) -> StubResponse | None:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                credentials = base64.b64decode(credentials).decode().partition(":")[0]
+            except ValueError:
+                credentials = ""
+        elif scheme.lower() != "bearer":
+            credentials = ""
+        if not credentials:
+            return stripe_error(
+                401,
+                "invalid_request_error",
+                "You did not provide an API key. You need to provide your API key in the "
+                "Authorization header, using Bearer auth.",
+                saved=False,
+            )
+        if not secrets.compare_digest(credentials, self.api_key):
+            return stripe_error(
+                401,
+                "invalid_request_error",
+                f"Invalid API Key provided: {_masked(credentials)}",
+                saved=False,
+            )
+        return None
+
+    def _target(self, request: StubRequest) -> Payment | None:
+        """The payment a request acts on, for fault injection."""
+        target = request.match.groupdict().get("id") or ""
+        intent = request.params.get("payment_intent") or target
+        charge = request.params.get("charge") or target
+        return self._payment_intents.get(intent) or self._charges.get(charge)
+
+    @staticmethod
+    def _take_fault(payment: Payment) -> StubResponse | None:
+        while payment.faults and payment.faults[0].remaining <= 0:
+            payment.faults.pop(0)
+        if not payment.faults:
+            return None
+        fault = payment.faults[0]
+        fault.remaining -= 1
+        if fault.kind == "429":
+            return stripe_error(
+                429,
+                "invalid_request_error",
+                "Too many requests hit the API too quickly.",
+                code="rate_limit",
+                saved=False,
+            )
+        return stripe_error(500, "api_error", "An unknown error occurred.", saved=False)
+
+    def _record(
+        self,
+        method: str,
+        path: str,
+        key: str | None,
+        params: dict[str, str],
+        response: StubResponse,
+    ) -> None:
+        response.headers.setdefault("Request-Id", _new_id("req"))
+        if key is not None:
+            response.headers.setdefault("Idempotency-Key", key)
+        self._requests.append(
+            RecordedRequest(
+                method,
+                path,
+                key,
+                dict(params),
+                response.status,
+                replayed=response.headers.get("Idempotent-Replayed") == "true",
+            )
+        )
+
+    # -- refunds -----------------------------------------------------------------------------
+
+    def _create_refund(self, request: StubRequest) -> StubResponse:
+        params = request.params
+        invalid = _validate_refund_params(params)
+        if invalid is not None:
+            return invalid
+        intent_id, charge_id = params.get("payment_intent"), params.get("charge")
+        if intent_id:
+            payment = self._payment_intents.get(intent_id)
+            if payment is None:
+                return stripe_error(
+                    404,
+                    "invalid_request_error",
+                    f"No such payment_intent: '{intent_id}'",
+                    code="resource_missing",
+                    param="payment_intent",
+                )
+        else:
+            payment = self._charges.get(charge_id or "")
+            if payment is None:
+                return stripe_error(
+                    404,
+                    "invalid_request_error",
+                    f"No such charge: '{charge_id}'",
+                    code="resource_missing",
+                    param="charge",
+                )
+        if payment.remaining <= 0:
+            return stripe_error(
+                400,
+                "invalid_request_error",
+                f"Charge {payment.charge_id} has already been refunded.",
+                code="charge_already_refunded",
+            )
+        amount = int(params["amount"]) if "amount" in params else payment.remaining
+        if amount > payment.remaining:
+            return stripe_error(
+                400,
+                "invalid_request_error",
+                f"Refund amount ({amount} {payment.currency} minor units) is greater than "
+                f"unrefunded amount on charge ({payment.remaining}).",
+                code="amount_too_large",
+                param="amount",
+            )
+        status = {
+            "succeed": "succeeded",
+            "pending_then_succeed": "pending",
+            "pending_then_fail": "pending",
+            "requires_action": "requires_action",
+        }[payment.outcome]
+        refund: JSON = {
+            "id": _new_id("re"),
+            "object": "refund",
+            "amount": amount,
+            "balance_transaction": _new_id("txn"),
+            "charge": payment.charge_id,
+            "created": int(time.time()),
+            "currency": payment.currency,
+            "failure_balance_transaction": None,
+            "failure_reason": None,
+            "metadata": {
+                match["key"]: value
+                for name, value in params.items()
+                if (match := _METADATA_KEY.match(name))
+            },
+            "next_action": {"type": "display_details"} if status == "requires_action" else None,
+            "payment_intent": payment.payment_intent_id,
+            "pending_reason": "processing" if status == "pending" else None,
+            "reason": params.get("reason") or None,
+            "receipt_number": None,
+            "source_transfer_reversal": None,
+            "status": status,
+            "transfer_reversal": None,
+        }
+        payment.refunded += amount
+        self._refunds[refund["id"]] = _Refund(refund, payment)
+        return StubResponse(200, copy.deepcopy(refund))
+
+    def _retrieve_refund(self, request: StubRequest) -> StubResponse:
+        refund_id = request.match["id"]
+        refund = self._refunds.get(refund_id)
+        if refund is None:
+            return stripe_error(
+                404,
+                "invalid_request_error",
+                f"No such refund: '{refund_id}'",
+                code="resource_missing",
+                param="id",
+            )
+        refund.retrieves += 1
+        after = refund.payment.settle_after_retrieves
+        if refund.object["status"] == "pending" and after is not None and refund.retrieves >= after:
+            self._settle(refund, succeed=refund.payment.outcome != "pending_then_fail")
+        return StubResponse(200, copy.deepcopy(refund.object))
+
+    def _settle(self, refund: _Refund, *, succeed: bool) -> None:
+        refund.object["pending_reason"] = None
+        refund.object["next_action"] = None
+        if succeed:
+            refund.object["status"] = "succeeded"
+            return
+        refund.object["status"] = "failed"
+        refund.object["failure_reason"] = refund.payment.failure_reason
+        refund.object["failure_balance_transaction"] = _new_id("txn")
+        refund.payment.refunded -= refund.object["amount"]  # the money is refundable again
+
+
+def _validate_refund_params(params: Mapping[str, str]) -> StubResponse | None:
+    """Parameter errors of ``POST /v1/refunds``: answered before execution, never saved."""
+
+    def invalid(message: str, param: str, code: str | None = None) -> StubResponse:
+        return stripe_error(
+            400, "invalid_request_error", message, code=code, param=param, saved=False
+        )
+
+    for name in params:
+        if name.partition("[")[0] not in _REFUND_PARAMS:
+            return invalid(f"Received unknown parameter: {name}", name, "parameter_unknown")
+    intent_id, charge_id = params.get("payment_intent"), params.get("charge")
+    if not intent_id and not charge_id:
+        return invalid(
+            "One of the following params should be provided for this request: "
+            "payment_intent or charge.",
+            "payment_intent",
+            "parameter_missing",
+        )
+    if intent_id and charge_id:
+        return invalid("You can only provide one of payment_intent or charge.", "charge")
+    if "amount" in params:
+        raw = params["amount"]
+        if not re.fullmatch(r"-?\d+", raw):
+            return invalid(f"Invalid integer: {raw}", "amount", "parameter_invalid_integer")
+        if int(raw) < 1:
+            return invalid(
+                "This value must be greater than or equal to 1.",
+                "amount",
+                "parameter_invalid_integer",
+            )
+    reason = params.get("reason")
+    if reason is not None and reason not in REFUND_REASONS:
+        return invalid(
+            "Invalid reason: must be one of duplicate, fraudulent, or requested_by_customer",
+            "reason",
+        )
+    metadata = [(m["key"], v) for n, v in params.items() if (m := _METADATA_KEY.match(n))]
+    if len(metadata) > 50:
+        return invalid("You can have at most 50 metadata keys.", "metadata")
+    for key, value in metadata:
+        if not key or len(key) > 40:
+            return invalid("Metadata keys must be 1 to 40 characters long.", f"metadata[{key}]")
+        if len(value) > 500:
+            return invalid("Metadata values can have up to 500 characters.", f"metadata[{key}]")
+    return None
+
