@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from refundretry.v1 import events_pb2
 
+from refundretry.v1 import events_pb2
 from repository import journal
 from repository.database import Connection
 from service.errors import InvalidArgument, RequestIdReused

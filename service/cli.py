@@ -20,7 +20,8 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
 
-        return uvloop.run(coro)  # type: ignore[no-any-return]
+        result: int = uvloop.run(coro)
+        return result
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
         return asyncio.run(coro)
 

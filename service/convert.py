@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import struct_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from refundretry.v1 import (
     audit_pb2,
     money_pb2,
@@ -17,10 +18,13 @@ from refundretry.v1 import (
     refund_policy_pb2,
     retry_schedule_pb2,
 )
-
 from service.domain.approval_policy import RefundPolicy
 
-Row = Mapping[str, Any]
+
+class Row(Protocol):
+    """A database row: an asyncpg Record or a dict from a JSON aggregate."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
 
 
 def ts(value: datetime | str | None) -> Timestamp | None:
@@ -43,7 +47,7 @@ def money(currency: str, minor_units: int) -> money_pb2.Money:
     return money_pb2.Money(currency_code=currency, minor_units=minor_units)
 
 
-def payment(row: Row, items: list[Row]) -> payment_pb2.Payment:
+def payment(row: Row, items: Sequence[Row]) -> payment_pb2.Payment:
     currency = row["currency"]
     refundable = row["captured_amount"] - row["refunded_amount"] - row["pending_refund_amount"]
     return payment_pb2.Payment(

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
-from refundretry.v1 import events_pb2
 
+from refundretry.v1 import events_pb2
 from repository import ledger, payments
 from repository.database import Connection, Database
 from service import changes, convert, validation

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
-from refundretry.v1 import events_pb2
 
+from refundretry.v1 import events_pb2
 from repository import payments, refunds, settings
 from repository.database import Connection, Database
 from service import changes, convert, validation
@@ -239,6 +239,7 @@ async def _end_before_processing(
         await payments.release(conn, refund["payment_id"], refund_id, refund["amount"])
         row = await _view(conn, refund_id)
         snapshot = convert.refund(row)
+        payload: events_pb2.RefundRejected | events_pb2.RefundCanceled
         if target is R.REJECTED:
             field, payload = "refund_rejected", events_pb2.RefundRejected(refund=snapshot)
         else:

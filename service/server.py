@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from refundretry.v1 import refund_retry_service_pb2, refund_retry_service_pb2_grpc
@@ -52,7 +53,7 @@ class Service:
     config: Config
     db: Database
     server: grpc.aio.Server
-    health: health.aio.HealthServicer
+    health: HealthServicer
     gateways: dict[str, Gateway]
     billing_job: BillingJob
     port: int
@@ -101,7 +102,7 @@ async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
     refund_retry_service_pb2_grpc.add_RefundRetryServiceServicer_to_server(
         RefundRetryServicer(db, tokens, job), server
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
@@ -142,10 +143,10 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    waiters = [asyncio.create_task(stop.wait(), name="stop-signal")]
-    waiters += [t for t in service.tasks]
+    stop_signal = asyncio.create_task(stop.wait(), name="stop-signal")
     try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        # Stop on a signal, or when a background part (the billing loop) dies.
+        await asyncio.wait([stop_signal, *service.tasks], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        waiters[0].cancel()
+        stop_signal.cancel()
         await service.stop()

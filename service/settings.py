@@ -85,9 +85,9 @@ async def create_schedule(
                 raise AlreadyExists(f"retry schedule {schedule.code!r} already exists") from exc
             await _record(conn, principal, "retry_schedule.created", row)
             return row
-        row = await settings.get_schedule(conn, first)
-        assert row is not None
-        return row
+        existing = await settings.get_schedule(conn, first)
+        assert existing is not None
+        return existing
 
 
 async def update_schedule(
@@ -111,9 +111,9 @@ async def update_schedule(
             )
             await _record(conn, principal, "retry_schedule.updated", row)
             return row
-        row = await settings.get_schedule(conn, first)
-        assert row is not None
-        return row
+        existing = await settings.get_schedule(conn, first)
+        assert existing is not None
+        return existing
 
 
 async def _record(conn: object, principal: Principal, action: str, row: asyncpg.Record) -> None:

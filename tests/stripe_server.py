@@ -707,4 +707,3 @@ def _validate_refund_params(params: Mapping[str, str]) -> StubResponse | None:
         if len(value) > 500:
             return invalid("Metadata values can have up to 500 characters.", f"metadata[{key}]")
     return None
-

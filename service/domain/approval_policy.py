@@ -22,8 +22,8 @@ class ApprovalTier:
 class RefundPolicy:
     """Refunds up to ``auto_approve[currency]`` are approved by policy inside the window;
     others need approvers: the tiers whose ``min_amount`` the refund reaches each ask for a
-    number of approvers and the largest number applies (one below every tier). Outside ``refund_window`` after capture only an admin may
-    approve."""
+    number of approvers and the largest number applies (one below every tier). Outside
+    ``refund_window`` after capture only an admin may approve."""
 
     auto_approve: dict[str, int] = field(default_factory=dict)
     tiers: tuple[ApprovalTier, ...] = ()

@@ -22,9 +22,9 @@ What it maps, and why:
   a bad or revoked API key, a card error.
 
 Stripe's error messages are kept (prefixed ``stripe:``); the API key never is, nor is it logged.
-Amounts are sent as ``Money.minor_units``: right for Stripe's two- and zero-decimal currencies.
-Stripe's special cases (ISK and UGX taken in two decimals, three-decimal currencies rounded to
-tens) are not handled here.
+Amounts are sent as ``Money.minor_units`` (ISO 4217 exponents), which is what Stripe expects for
+its two- and zero-decimal currencies. Stripe lists a few currencies with special amount rules
+(its "special cases"); those are not handled here.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ STRIPE_REFUND_REASONS: Final = frozenset({"duplicate", "fraudulent", "requested_
 _FAILURE_REASONS: Final[dict[str, tuple[RefundErrorCode, bool]]] = {
     "lost_or_stolen_card": (RefundErrorCode.LOST_OR_STOLEN_CARD, False),
     "expired_or_canceled_card": (RefundErrorCode.CARD_EXPIRED_OR_CANCELED, False),
-    "insufficient_funds": (RefundErrorCode.INSUFFICIENT_MERCHANT_BALANCE, False),
+    "insufficient_funds": (RefundErrorCode.INSUFFICIENT_MERCHANT_BALANCE, True),
     "declined": (RefundErrorCode.DECLINED, False),
 }
 

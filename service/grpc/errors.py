@@ -60,7 +60,9 @@ async def abort(
     context: grpc.aio.ServicerContext[object, object], exc: BaseException, method: str
 ) -> NoReturn:
     if isinstance(exc, errors.ServiceError):
-        await context.abort_with_status(rpc_status.to_status(to_status(exc)))
+        status = rpc_status.to_status(to_status(exc))
+        context.set_trailing_metadata(status.trailing_metadata)
+        await context.abort(status.code, status.details)
     if isinstance(exc, (asyncpg.PostgresConnectionError, OSError, asyncpg.InterfaceError)):
         log.warning(
             "database unavailable during %s: %s",

@@ -18,9 +18,13 @@ from refundretry.v1 import (
     money_pb2,
     refund_pb2,
     refund_policy_pb2,
-    refund_retry_service_pb2 as pb,
-    refund_retry_service_pb2_grpc as pb_grpc,
     retry_schedule_pb2,
+)
+from refundretry.v1 import (
+    refund_retry_service_pb2 as pb,
+)
+from refundretry.v1 import (
+    refund_retry_service_pb2_grpc as pb_grpc,
 )
 from repository.database import Database
 from service import audit, convert, payments, reconciliation, refunds, settings

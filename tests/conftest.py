@@ -1,0 +1,69 @@
+"""Test infrastructure on the real PostgreSQL: one template database per run, migrated once,
+cloned per test (``CREATE DATABASE ... TEMPLATE``), so tests never see each other's data and
+runs never see each other's databases."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from repository.database import Database, migrate
+
+ADMIN_URL = os.environ.get(
+    "REFUND_RETRY_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
+
+
+def _url(name: str) -> str:
+    return ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_database() -> Iterator[str]:
+    name = f"rr_test_tpl_{RUN_ID}"
+
+    async def create() -> None:
+        await _admin(f'CREATE DATABASE "{name}"')
+        await migrate(_url(name))
+
+    asyncio.run(create())
+    yield name
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+_counter = 0
+
+
+@pytest.fixture
+async def database_url(template_database: str) -> AsyncIterator[str]:
+    global _counter
+    _counter += 1
+    name = f"rr_test_{RUN_ID}_{_counter}"
+    await _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    try:
+        yield _url(name)
+    finally:
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = await Database.connect(database_url, max_size=20)
+    try:
+        yield database
+    finally:
+        await database.close()
