@@ -35,7 +35,8 @@ async def test_full_refund_settles_payment_items_and_ledger(client: Client) -> N
     assert [a.approver for a in approved.approvals] == ["alice@example.com"]
 
     summary = await b.run_job(client)
-    assert summary.refunds_claimed == 1 and summary.refunds_succeeded == 1
+    assert summary.refunds_claimed == 1
+    assert summary.refunds_succeeded == 1
 
     done = await b.get_refund(client, refund.refund_id)
     assert done.status == RS.REFUND_STATUS_SUCCEEDED
