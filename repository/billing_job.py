@@ -34,9 +34,12 @@ async def work_item(conn: Connection, detail_id: uuid.UUID, worker: str) -> asyn
     return await conn.fetchrow(Q["work_item"], detail_id, worker)
 
 
-async def start_attempt(conn: Connection, detail_id: uuid.UUID, worker: str) -> int | None:
-    attempt = await conn.fetchval(Q["start_attempt"], detail_id, worker)
-    return attempt if isinstance(attempt, int) else None
+async def start_attempt(
+    conn: Connection, detail_id: uuid.UUID, worker: str
+) -> tuple[int, datetime] | None:
+    """(attempt number, start time) of the new attempt; None when the detail was canceled."""
+    row = await conn.fetchrow(Q["start_attempt"], detail_id, worker)
+    return (row["attempt_count"], row["attempt_started_at"]) if row else None
 
 
 async def lock_detail(conn: Connection, detail_id: uuid.UUID, worker: str) -> asyncpg.Record | None:

@@ -118,13 +118,14 @@ CREATE TABLE refund_event_detail (
     -- True while the current attempt's outcome is not recorded (so a reclaim replays it
     -- with the same idempotency key instead of starting a new attempt).
     attempt_open              boolean NOT NULL DEFAULT false,
+    attempt_started_at        timestamptz,
     created_at                timestamptz NOT NULL DEFAULT now(),
     updated_at                timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX refund_event_detail_refund_idx ON refund_event_detail (refund_id);
 -- The billing job's work queue: only rows that may need work are indexed.
 CREATE INDEX refund_event_detail_due_idx ON refund_event_detail (next_retry_date)
-    WHERE status IN ('PENDING', 'PROCESSING', 'RETRY_SCHEDULED');
+    WHERE status IN ('PENDING', 'PROCESSING', 'RETRY_SCHEDULED', 'REQUIRES_ACTION');
 
 CREATE TABLE refund_approval (
     refund_id     uuid NOT NULL REFERENCES refund_event,

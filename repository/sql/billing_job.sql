@@ -5,12 +5,12 @@ WITH due AS (
     SELECT d.detail_id
       FROM refund_event_detail d
       JOIN refund_event r USING (refund_id)
-     WHERE d.status IN ('PENDING', 'PROCESSING', 'RETRY_SCHEDULED')
+     WHERE d.status IN ('PENDING', 'PROCESSING', 'RETRY_SCHEDULED', 'REQUIRES_ACTION')
        AND (d.lease_expires_at IS NULL OR d.lease_expires_at < now())
        AND (
             (d.status = 'PENDING' AND r.status = 'APPROVED' AND $1::boolean
              AND r.created_at >= $3 AND r.created_at <= $4)
-         OR (d.status IN ('RETRY_SCHEDULED', 'PROCESSING') AND $2::boolean
+         OR (d.status IN ('RETRY_SCHEDULED', 'PROCESSING', 'REQUIRES_ACTION') AND $2::boolean
              AND d.next_retry_date >= $3 AND d.next_retry_date <= $4)
          OR (d.status = 'PROCESSING' AND d.lease_expires_at < now())
        )
@@ -38,9 +38,9 @@ SELECT d.*, r.status AS refund_status, r.reason, r.currency, p.payment_id,
 -- PENDING / RETRY_SCHEDULED -> PROCESSING with a new attempt number, under our lease.
 UPDATE refund_event_detail
    SET status = 'PROCESSING', attempt_count = attempt_count + 1, attempt_open = true,
-       next_retry_date = NULL, updated_at = now()
+       attempt_started_at = now(), next_retry_date = NULL, updated_at = now()
  WHERE detail_id = $1 AND lease_owner = $2 AND status IN ('PENDING', 'RETRY_SCHEDULED')
-RETURNING attempt_count;
+RETURNING attempt_count, attempt_started_at;
 
 -- name: lock_detail
 SELECT * FROM refund_event_detail WHERE detail_id = $1 AND lease_owner = $2 FOR UPDATE;

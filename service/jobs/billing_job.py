@@ -50,6 +50,10 @@ from service.gateways.base import Gateway, OutcomeKind, RefundOutcome, RefundReq
 log = logging.getLogger(__name__)
 D, R = DetailStatus, RefundStatus
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+# Gateways keep idempotency keys for a limited time (Stripe: 24 hours). Replaying an attempt
+# whose outcome is unknown after that could move money twice, so before then the detail goes to
+# REQUIRES_ACTION for a person to check the gateway.
+UNKNOWN_GIVE_UP_AFTER = timedelta(hours=20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,7 @@ class BillingJob:
         lease: timedelta = timedelta(seconds=60),
         pending_sync_interval: timedelta = timedelta(seconds=60),
         unknown_replay_delay: timedelta = timedelta(seconds=30),
+        unknown_give_up_after: timedelta = UNKNOWN_GIVE_UP_AFTER,
         concurrency: int = 16,
         after_gateway_call: AfterGatewayCall | None = None,
     ) -> None:
@@ -114,6 +119,7 @@ class BillingJob:
         self._lease = lease
         self._pending_sync = pending_sync_interval
         self._unknown_replay = unknown_replay_delay
+        self._unknown_give_up = unknown_give_up_after
         self._concurrency = asyncio.Semaphore(concurrency)
         self._after_gateway_call = after_gateway_call
 
@@ -163,14 +169,15 @@ class BillingJob:
                 return "lease_lost"
             status = D(item["status"])
             if status in (D.PENDING, D.RETRY_SCHEDULED):
-                attempt = await queue.start_attempt(conn, detail_id, self.worker_id)
-                if attempt is None:  # canceled meanwhile
+                started = await queue.start_attempt(conn, detail_id, self.worker_id)
+                if started is None:  # canceled meanwhile
                     await queue.release_lease(conn, detail_id, self.worker_id)
                     return None
+                attempt, started_at = started
                 await self._record_start(conn, item, attempt)
                 fetch = False
-            else:  # PROCESSING: replay an open attempt, or sync one pending at the gateway
-                attempt = item["attempt_count"]
+            else:  # replay an open attempt, or sync one pending (or requiring action) at the gateway
+                attempt, started_at = item["attempt_count"], item["attempt_started_at"]
                 fetch = not item["attempt_open"] and bool(item["gateway_refund_id"])
         gateway = self._gateways.get(item["gateway"])
         request = RefundRequest(
@@ -190,6 +197,19 @@ class BillingJob:
             tuple(timedelta(seconds=s) for s in item["intervals"]),
             item["max_attempts"],
         )
+        if (
+            outcome.kind is OutcomeKind.UNKNOWN
+            and datetime.now(UTC) - started_at > self._unknown_give_up
+        ):
+            outcome = RefundOutcome(
+                OutcomeKind.REQUIRES_ACTION,
+                error_code="outcome_unknown",
+                error_message=(
+                    f"the gateway's answer to attempt {attempt} is unknown since "
+                    f"{started_at.isoformat()}; check refund {request.idempotency_key} at the "
+                    f"gateway before retrying ({outcome.error_message})"
+                ),
+            )
         return await self._record_outcome(detail_id, item["refund_id"], attempt, outcome, schedule)
 
     async def _call(
@@ -260,6 +280,8 @@ class BillingJob:
             status, result, next_retry = D.PROCESSING, "pending", now + self._pending_sync
         elif outcome.kind is OutcomeKind.REQUIRES_ACTION:
             status, result = D.REQUIRES_ACTION, "requires_action"
+            if outcome.gateway_refund_id:  # the gateway will finish it: keep syncing
+                next_retry = now + self._pending_sync
         elif outcome.kind is OutcomeKind.UNKNOWN:
             status, result, attempt_open = D.PROCESSING, "unknown", True
             next_retry = now + self._unknown_replay

@@ -15,7 +15,7 @@ from google.protobuf.duration_pb2 import Duration
 from refundretry.v1 import events_pb2, refund_pb2, retry_schedule_pb2
 from refundretry.v1 import refund_retry_service_pb2 as pb
 from repository.database import Database
-from service.gateways.base import RefundOutcome, RefundRequest
+from service.gateways.base import OutcomeKind, RefundOutcome, RefundRequest
 from service.gateways.stripe_gateway import StripeGateway
 from service.jobs.billing_job import JobRequest
 from tests.integration import builders as b
@@ -546,3 +546,90 @@ async def test_malformed_refund_ids(client: Client) -> None:
         assert "refund_id" in (error.details() or "")
     error = await rpc_error(b.get_refund(client, "00000000-0000-0000-0000-000000000000"))
     assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- unknown outcomes and gateways that need a person ------------------------------------------
+
+
+class FlakyGateway:
+    """Answers UNKNOWN (a timeout after sending) ``unknown`` times, then succeeds; records the
+    idempotency keys it saw."""
+
+    name = "sandbox"
+
+    def __init__(self, unknown: int) -> None:
+        self.unknown = unknown
+        self.keys: list[str] = []
+
+    async def refund(self, request: RefundRequest) -> RefundOutcome:
+        self.keys.append(request.idempotency_key)
+        if len(self.keys) <= self.unknown:
+            return RefundOutcome(
+                OutcomeKind.UNKNOWN, error_code="timeout", error_message="read timed out"
+            )
+        return RefundOutcome(OutcomeKind.SUCCEEDED, "gw_refund_1")
+
+    async def fetch_refund(self, gateway_refund_id: str, request: RefundRequest) -> RefundOutcome:
+        raise AssertionError("nothing is pending")
+
+    async def close(self) -> None:
+        return None
+
+
+async def approved_refund(client: Client, **payment: Any) -> Any:
+    paid = await b.record_payment(client, **payment)
+    refund = await b.create_refund(client, paid.payment_id)
+    await b.approve(client, refund.refund_id, token="t-bob")
+    return refund
+
+
+async def test_unknown_outcome_is_replayed_with_the_same_key(client: Client) -> None:
+    refund = await approved_refund(client)
+    gateway = FlakyGateway(unknown=2)
+    job = job_with(client.service, {"sandbox": gateway}, unknown_replay_delay=timedelta(0))
+    assert (await job.run(JobRequest())).unknown == 1
+    open_attempt = (await b.get_refund(client, refund.refund_id)).details[0]
+    assert open_attempt.status == DS.REFUND_DETAIL_STATUS_PROCESSING
+    assert open_attempt.last_error_code == "timeout"
+    assert (await job.run(JobRequest())).unknown == 1
+    assert (await job.run(JobRequest())).succeeded == 1
+    done = await b.get_refund(client, refund.refund_id)
+    assert done.status == RS.REFUND_STATUS_SUCCEEDED
+    assert done.details[0].attempt_count == 1  # one attempt, replayed
+    assert len(set(gateway.keys)) == 1
+    assert len(gateway.keys) == 3
+
+
+async def test_an_outcome_unknown_for_too_long_goes_to_a_person(
+    client: Client, db: Database
+) -> None:
+    refund = await approved_refund(client)
+    gateway = FlakyGateway(unknown=100)
+    job = job_with(
+        client.service,
+        {"sandbox": gateway},
+        unknown_replay_delay=timedelta(0),
+        unknown_give_up_after=timedelta(seconds=0.5),
+    )
+    await job.run(JobRequest())
+    await asyncio.sleep(0.6)
+    summary = await job.run(JobRequest())
+    assert summary.requires_action == 1
+    stuck = await b.get_refund(client, refund.refund_id)
+    assert stuck.status == RS.REFUND_STATUS_REQUIRES_ACTION
+    assert stuck.details[0].last_error_code == "outcome_unknown"
+    assert (await job.run(JobRequest())).claimed == 0  # nobody replays it any more
+    assert (await outbox_events(db, refund.refund_id))[-1].type == "refund.requires_action"
+    payment = await b.get_payment(client, refund.payment_id)
+    assert payment.pending_refund_amount.minor_units == 10000  # still reserved
+
+
+async def test_requires_action_at_the_gateway_is_synced_until_it_finishes(client: Client) -> None:
+    refund = await approved_refund(client, metadata={"sandbox_refund_outcome": "requires_action"})
+    assert (await b.run_job(client)).refunds_requires_action == 1
+    waiting = await b.get_refund(client, refund.refund_id)
+    assert waiting.status == RS.REFUND_STATUS_REQUIRES_ACTION
+    assert waiting.details[0].HasField("next_retry_time")
+    summary = await b.run_job(client, end=datetime.now(UTC) + timedelta(minutes=2))
+    assert summary.refunds_succeeded == 1
+    assert (await b.get_refund(client, refund.refund_id)).status == RS.REFUND_STATUS_SUCCEEDED
