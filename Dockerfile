@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+# refund-retry: the gRPC refund & payment-retry service.
+#   docker build -t refund-retry .
+#   docker run --rm -p 50051:50051 \
+#     -e REFUND_RETRY_DATABASE_URL=postgresql://user:pass@db:5432/refund_retry \
+#     -e REFUND_RETRY_TOKENS_FILE=/run/secrets/tokens.json -v "$PWD/tokens.json:/run/secrets/tokens.json:ro" \
+#     refund-retry            # = refund-retry serve
+#   docker run --rm -e REFUND_RETRY_DATABASE_URL=... refund-retry migrate
+
+# ---- builder: the project's wheel plus wheels of all its dependencies -------------------
+FROM python:3.11-slim AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_NO_INPUT=1
+WORKDIR /src
+# Only what the wheel is built from (see .dockerignore): the packages, their SQL files and
+# the generated protobuf package under protos/ (pyproject's packages.find and package-data).
+COPY pyproject.toml README.md ./
+COPY service/ service/
+COPY repository/ repository/
+COPY consumers/ consumers/
+COPY protos/ protos/
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+ && pip wheel --wheel-dir /wheels /wheels/refund_retry-*.whl
+
+# ---- runtime ------------------------------------------------------------------------------
+FROM python:3.11-slim AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_NO_INPUT=1 \
+    REFUND_RETRY_GRPC_HOST=0.0.0.0 REFUND_RETRY_GRPC_PORT=50051
+# Install from the builder's wheels without copying them into a layer of this image.
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-index --find-links=/wheels refund-retry \
+ && groupadd --system --gid 10001 refundretry \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin refundretry
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 50051
+# The server registers the standard gRPC health service (overall status ""); probe it with
+# the grpcio-health-checking package the image already has.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; ch = grpc.insecure_channel('127.0.0.1:' + os.environ.get('REFUND_RETRY_GRPC_PORT', '50051')); r = g.HealthStub(ch).Check(h.HealthCheckRequest(), timeout=4); sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"]
+ENTRYPOINT ["refund-retry"]
+CMD ["serve"]
