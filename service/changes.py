@@ -54,6 +54,20 @@ async def replayed(
     return resource_id
 
 
+async def previous(conn: Connection, scope: str, request_id: str, digest: bytes) -> str | None:
+    """The resource of an earlier request with this id, without claiming the id; raises
+    RequestIdReused when that request differs."""
+    found = await journal.find_request_id(conn, scope, request_id)
+    if found is None:
+        return None
+    first_digest, resource_id = found
+    if first_digest != digest:
+        raise RequestIdReused(
+            f"request_id {request_id!r} was already used for a different {scope} request"
+        )
+    return resource_id
+
+
 async def record(
     conn: Connection,
     *,

@@ -34,21 +34,21 @@ HAVING sum(l.debit) <> sum(l.credit);
 -- Every payment whose counters disagree with its refunds, its items or its ledger entries.
 WITH refunds AS (
     SELECT payment_id,
-           sum(amount) FILTER (WHERE status = 'SUCCEEDED') AS settled,
+           sum(amount) FILTER (WHERE status = 'SUCCEEDED')::bigint AS settled,
            sum(amount) FILTER (WHERE status IN ('PENDING_APPROVAL', 'APPROVED', 'PROCESSING',
-                                                'REQUIRES_ACTION')) AS reserved
+                                                'REQUIRES_ACTION'))::bigint AS reserved
       FROM refund_event GROUP BY payment_id
 ), items AS (
-    SELECT payment_id, sum(amount + tax) AS gross,
-           sum(refunded_amount + refunded_tax) AS refunded,
-           sum(pending_amount + pending_tax) AS pending
+    SELECT payment_id, sum(amount + tax)::bigint AS gross,
+           sum(refunded_amount + refunded_tax)::bigint AS refunded,
+           sum(pending_amount + pending_tax)::bigint AS pending
       FROM billing_event_item GROUP BY payment_id
 ), ledger AS (
     SELECT j.payment_id,
-           sum(l.debit) FILTER (WHERE j.kind = 'capture' AND l.account LIKE 'gateway_clearing:%')
-               AS captured,
-           sum(l.credit) FILTER (WHERE j.kind = 'refund' AND l.account LIKE 'gateway_clearing:%')
-               AS refunded
+           sum(l.debit) FILTER (WHERE j.kind = 'capture'
+                                AND l.account LIKE 'gateway_clearing:%')::bigint AS captured,
+           sum(l.credit) FILTER (WHERE j.kind = 'refund'
+                                 AND l.account LIKE 'gateway_clearing:%')::bigint AS refunded
       FROM journal_entry j JOIN ledger_line l USING (journal_id)
      GROUP BY j.payment_id
 )

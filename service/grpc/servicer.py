@@ -36,7 +36,7 @@ from service.domain.refund_states import RefundStatus
 from service.domain.retry_schedule import DEFAULT_REFUND_SCHEDULE, RetrySchedule
 from service.errors import InvalidArgument
 from service.grpc.errors import abort
-from service.jobs.billing_job import BillingJob, JobRequest
+from service.jobs.billing_job import BillingJob, JobRequest, run_once
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req", bound=Message)
@@ -361,8 +361,6 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
     async def RunBillingJob(
         self, request: pb.RunBillingJobRequest, principal: Principal
     ) -> pb.RunBillingJobResponse:
-        if not request.request_id:
-            raise InvalidArgument("request_id", "is required")
         if request.limit < 0:
             raise InvalidArgument("limit", "must not be negative")
         start = optional_time(request, "range_start")
@@ -373,14 +371,17 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
             raise InvalidArgument(
                 "process_new_refunds", "set process_new_refunds and/or process_due_retries"
             )
-        summary = await self.billing_job.run(
+        summary = await run_once(
+            self.db,
+            self.billing_job,
+            request.request_id,
             JobRequest(
                 process_new_refunds=request.process_new_refunds,
                 process_due_retries=request.process_due_retries,
                 start=start,
                 end=end,
                 limit=min(request.limit or 500, 10_000),
-            )
+            ),
         )
         return pb.RunBillingJobResponse(
             summary=pb.BillingJobSummary(

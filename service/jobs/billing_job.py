@@ -20,6 +20,7 @@ money once.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -176,7 +177,7 @@ class BillingJob:
                 attempt, started_at = started
                 await self._record_start(conn, item, attempt)
                 fetch = False
-            else:  # replay an open attempt, or sync one pending (or requiring action) at the gateway
+            else:  # replay an open attempt, or sync one pending or requiring action at the gateway
                 attempt, started_at = item["attempt_count"], item["attempt_started_at"]
                 fetch = not item["attempt_open"] and bool(item["gateway_refund_id"])
         gateway = self._gateways.get(item["gateway"])
@@ -409,3 +410,34 @@ class BillingJob:
             event_field=field_name,
             event_payload=payload,
         )
+
+
+async def run_once(
+    db: Database, job: BillingJob, request_id: str, request: JobRequest
+) -> JobSummary:
+    """RunBillingJob with AIP-155 semantics: a replayed request id returns the first run's
+    summary instead of running again; the same id for a different request is refused."""
+    changes.validate_request_id(request_id)
+    digest = changes.fingerprint("RunBillingJob", request)
+    async with db.transaction() as conn:
+        first = await changes.previous(conn, "RunBillingJob", request_id, digest)
+    if first is not None:
+        return _summary_from_json(first)
+    summary = await job.run(request)
+    async with db.transaction() as conn:
+        # When a concurrent run with the same id stored its summary first, both runs were safe
+        # (work is claimed, never done twice) and the caller sees this run's own summary.
+        await changes.replayed(conn, "RunBillingJob", request_id, digest, _summary_to_json(summary))
+    return summary
+
+
+def _summary_to_json(summary: JobSummary) -> str:
+    data = {k: getattr(summary, k) for k in JobSummary.__slots__ if k != "elapsed"}
+    data["elapsed_us"] = summary.elapsed // timedelta(microseconds=1)
+    return json.dumps(data)
+
+
+def _summary_from_json(text: str) -> JobSummary:
+    data = json.loads(text)
+    elapsed = timedelta(microseconds=data.pop("elapsed_us"))
+    return JobSummary(**data, elapsed=elapsed)

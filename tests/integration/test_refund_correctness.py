@@ -633,3 +633,21 @@ async def test_requires_action_at_the_gateway_is_synced_until_it_finishes(client
     summary = await b.run_job(client, end=datetime.now(UTC) + timedelta(minutes=2))
     assert summary.refunds_succeeded == 1
     assert (await b.get_refund(client, refund.refund_id)).status == RS.REFUND_STATUS_SUCCEEDED
+
+
+async def test_run_billing_job_replays_its_first_summary_for_a_reused_request_id(
+    client: Client,
+) -> None:
+    await approved_refund(client)
+    request = pb.RunBillingJobRequest(
+        request_id=b.request_id(), process_new_refunds=True, process_due_retries=True
+    )
+    first = await client.call("t-ops", "RunBillingJob", request)
+    assert first.summary.refunds_succeeded == 1
+    await approved_refund(client)  # new work: a replay must not run it
+    again = await client.call("t-ops", "RunBillingJob", request)
+    assert again.summary == first.summary
+    other = pb.RunBillingJobRequest(request_id=request.request_id, process_new_refunds=True)
+    error = await rpc_error(client.call("t-ops", "RunBillingJob", other))
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert (await b.run_job(client)).refunds_succeeded == 1
