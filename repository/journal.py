@@ -28,6 +28,13 @@ async def claim_request_id(
     return False, bytes(row["fingerprint"]), row["resource_id"]
 
 
+async def find_request_id(
+    conn: Connection, scope: str, request_id: str
+) -> tuple[bytes, str] | None:
+    row = await conn.fetchrow(Q["idempotency_get"], scope, request_id)
+    return (bytes(row["fingerprint"]), row["resource_id"]) if row else None
+
+
 async def add_outbox(
     conn: Connection,
     *,

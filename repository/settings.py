@@ -30,12 +30,19 @@ def _policy(row: asyncpg.Record) -> RefundPolicy:
     )
 
 
-async def current_policy(conn: Connection, *, lock: bool = False) -> RefundPolicy:
-    if lock:
-        await conn.execute(Q["lock_policy"])
+async def lock_policy(conn: Connection) -> None:
+    await conn.execute(Q["lock_policy"])
+
+
+async def current_policy(conn: Connection) -> RefundPolicy:
     row = await conn.fetchrow(Q["current_policy"])
     assert row is not None, "the initial migration inserts policy version 0"
     return _policy(row)
+
+
+async def policy_version(conn: Connection, version: int) -> RefundPolicy | None:
+    row = await conn.fetchrow(Q["policy_version"], version)
+    return _policy(row) if row else None
 
 
 async def save_policy(conn: Connection, policy: RefundPolicy, updated_by: str) -> RefundPolicy:

@@ -112,10 +112,14 @@ async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
         ),
         server,
     )
-    port = server.add_insecure_port(f"{config.grpc_host}:{config.grpc_port}")
+    address = f"{config.grpc_host}:{config.grpc_port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc's way of saying the port is taken or the host is wrong
+        port = 0
     if port == 0:
         await db.close()
-        raise OSError(f"cannot bind gRPC to {config.grpc_host}:{config.grpc_port}")
+        raise OSError(f"cannot listen for gRPC on {address}: in use or not an address here")
     await server.start()
     for name in (SERVICE_NAME, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

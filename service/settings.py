@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
 
 from refundretry.v1 import events_pb2
 from repository import settings
-from repository.database import Database
+from repository.database import Connection, Database
 from service import changes, convert
 from service.auth import Principal
-from service.domain.approval_policy import RefundPolicy
+from service.domain.approval_policy import ApprovalTier, RefundPolicy
 from service.domain.retry_schedule import RetrySchedule, validate_code
 from service.errors import AlreadyExists, InvalidArgument, NotFound
 
@@ -21,23 +22,43 @@ async def get_policy(db: Database) -> RefundPolicy:
         return await settings.current_policy(conn)
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyPatch:
+    """The fields an update replaces; None leaves the current value (a field mask)."""
+
+    auto_approve: dict[str, int] | None = None
+    tiers: tuple[ApprovalTier, ...] | None = None
+    refund_window: timedelta | None = None
+
+    def apply(self, current: RefundPolicy) -> RefundPolicy:
+        return RefundPolicy(
+            auto_approve=current.auto_approve if self.auto_approve is None else self.auto_approve,
+            tiers=current.tiers if self.tiers is None else self.tiers,
+            refund_window=current.refund_window
+            if self.refund_window is None
+            else self.refund_window,
+        )
+
+
 async def update_policy(
-    db: Database, principal: Principal, request_id: str, policy: RefundPolicy
+    db: Database, principal: Principal, request_id: str, patch: PolicyPatch
 ) -> RefundPolicy:
-    """Store ``policy`` (already merged with the current one by the caller's field mask)."""
+    """Merge ``patch`` into the latest policy, under a lock, and store it as a new version. A
+    replayed request returns the version it created."""
     changes.validate_request_id(request_id)
-    digest = changes.fingerprint(
-        "UpdateRefundPolicy",
-        repr(policy.auto_approve),
-        repr(policy.tiers),
-        policy.refund_window.total_seconds(),
-    )
+    patch.apply(RefundPolicy())  # validates the given fields before any I/O
+    digest = changes.fingerprint("UpdateRefundPolicy", repr(patch))
     async with db.transaction() as conn:
-        first = await changes.replayed(conn, "UpdateRefundPolicy", request_id, digest, "policy")
+        await settings.lock_policy(conn)
+        current = await settings.current_policy(conn)
+        next_version = str(current.version + 1)  # what save_policy creates under the lock
+        first = await changes.replayed(conn, "UpdateRefundPolicy", request_id, digest, next_version)
         if first is not None:
-            return await settings.current_policy(conn)
-        await settings.current_policy(conn, lock=True)
-        saved = await settings.save_policy(conn, policy, principal.name)
+            stored = await settings.policy_version(conn, int(first))
+            assert stored is not None
+            return stored
+        saved = await settings.save_policy(conn, patch.apply(current), principal.name)
+        assert str(saved.version) == next_version
         await changes.record(
             conn,
             actor=principal.name,
@@ -90,34 +111,47 @@ async def create_schedule(
         return existing
 
 
-async def update_schedule(
-    db: Database, principal: Principal, request_id: str, schedule: RetrySchedule
-) -> asyncpg.Record:
-    changes.validate_request_id(request_id)
-    digest = changes.fingerprint("UpdateRetrySchedule", repr(schedule))
-    async with db.transaction() as conn:
-        first = await changes.replayed(
-            conn, "UpdateRetrySchedule", request_id, digest, schedule.code
+@dataclass(frozen=True, slots=True)
+class SchedulePatch:
+    """An update of schedule ``code``; None leaves a field as it is (a field mask)."""
+
+    code: str
+    description: str | None = None
+    intervals: tuple[timedelta, ...] | None = None
+    max_attempts: int | None = None
+
+    def apply(self, current: RetrySchedule) -> RetrySchedule:
+        return RetrySchedule(
+            code=current.code,
+            intervals=current.intervals if self.intervals is None else self.intervals,
+            max_attempts=current.max_attempts if self.max_attempts is None else self.max_attempts,
+            description=current.description if self.description is None else self.description,
         )
-        if first is None:
-            if await settings.get_schedule(conn, schedule.code, lock=True) is None:
-                raise NotFound(f"retry schedule {schedule.code!r} does not exist")
-            row = await settings.update_schedule(
-                conn,
-                schedule.code,
-                schedule.description,
-                _seconds(schedule),
-                schedule.max_attempts,
-            )
-            await _record(conn, principal, "retry_schedule.updated", row)
-            return row
-        existing = await settings.get_schedule(conn, first)
-        assert existing is not None
-        return existing
 
 
-async def _record(conn: object, principal: Principal, action: str, row: asyncpg.Record) -> None:
-    assert isinstance(conn, asyncpg.Connection)
+async def update_schedule(
+    db: Database, principal: Principal, request_id: str, patch: SchedulePatch
+) -> asyncpg.Record:
+    """Merge ``patch`` into the schedule under its row lock. A replay returns the schedule."""
+    changes.validate_request_id(request_id)
+    validate_code(patch.code, "schedule.code")
+    digest = changes.fingerprint("UpdateRetrySchedule", repr(patch))
+    async with db.transaction() as conn:
+        first = await changes.replayed(conn, "UpdateRetrySchedule", request_id, digest, patch.code)
+        current = await settings.get_schedule(conn, patch.code, lock=True)
+        if current is None:
+            raise NotFound(f"retry schedule {patch.code!r} does not exist")
+        if first is not None:
+            return current
+        merged = patch.apply(schedule_from_row(current))
+        row = await settings.update_schedule(
+            conn, merged.code, merged.description, _seconds(merged), merged.max_attempts
+        )
+        await _record(conn, principal, "retry_schedule.updated", row)
+        return row
+
+
+async def _record(conn: Connection, principal: Principal, action: str, row: asyncpg.Record) -> None:
     await changes.record(
         conn,
         actor=principal.name,

@@ -7,7 +7,11 @@ VALUES ((SELECT max(version) + 1 FROM refund_policy), $1, $2)
 RETURNING *;
 
 -- name: lock_policy
-SELECT version FROM refund_policy ORDER BY version DESC LIMIT 1 FOR UPDATE;
+-- Serialises policy updates until commit, so a masked update merges into the latest policy.
+SELECT pg_advisory_xact_lock(hashtext('refund_policy'));
+
+-- name: policy_version
+SELECT * FROM refund_policy WHERE version = $1;
 
 -- name: get_schedule
 SELECT * FROM retry_schedule WHERE code = $1;

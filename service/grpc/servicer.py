@@ -29,7 +29,7 @@ from refundretry.v1 import (
 from repository.database import Database
 from service import audit, convert, payments, reconciliation, refunds, settings
 from service.auth import Principal, Role, TokenTable
-from service.domain.approval_policy import ApprovalTier, RefundPolicy
+from service.domain.approval_policy import ApprovalTier
 from service.domain.money import Money
 from service.domain.refund_plan import LineRequest
 from service.domain.refund_states import RefundStatus
@@ -95,15 +95,22 @@ def optional_time(holder: Message, field: str) -> datetime | None:
     return value.ToDatetime(tzinfo=UTC)
 
 
-def _policy_from_proto(
-    message: refund_policy_pb2.RefundPolicy, current: RefundPolicy, paths: list[str]
-) -> RefundPolicy:
-    known = {"auto_approval_thresholds", "approval_tiers", "refund_window"}
+POLICY_FIELDS = frozenset({"auto_approval_thresholds", "approval_tiers", "refund_window"})
+SCHEDULE_FIELDS = frozenset({"description", "intervals", "max_attempts"})
+
+
+def _mask(paths: list[str], known: frozenset[str]) -> frozenset[str]:
     for path in paths:
         if path not in known:
             raise InvalidArgument("update_mask", f"unknown field {path!r}; known: {sorted(known)}")
-    fields = set(paths) or known
-    auto = current.auto_approve
+    return frozenset(paths) or known
+
+
+def _policy_patch(
+    message: refund_policy_pb2.RefundPolicy, paths: list[str]
+) -> settings.PolicyPatch:
+    fields = _mask(paths, POLICY_FIELDS)
+    auto: dict[str, int] | None = None
     if "auto_approval_thresholds" in fields:
         auto = {}
         for index, threshold in enumerate(message.auto_approval_thresholds):
@@ -117,7 +124,7 @@ def _policy_from_proto(
             if value.currency in auto:
                 raise InvalidArgument(f"{name}.currency_code", "one threshold per currency")
             auto[value.currency] = value.minor_units
-    tiers = current.tiers
+    tiers = None
     if "approval_tiers" in fields:
         tiers = tuple(
             ApprovalTier(
@@ -126,12 +133,12 @@ def _policy_from_proto(
             )
             for index, tier in enumerate(message.approval_tiers)
         )
-    window = current.refund_window
+    window = None
     if "refund_window" in fields:
         if not message.HasField("refund_window"):
             raise InvalidArgument("policy.refund_window", "is required")
         window = message.refund_window.ToTimedelta()
-    return RefundPolicy(auto_approve=auto, tiers=tiers, refund_window=window)
+    return settings.PolicyPatch(auto_approve=auto, tiers=tiers, refund_window=window)
 
 
 def _schedule_from_proto(message: retry_schedule_pb2.RetrySchedule) -> RetrySchedule:
@@ -309,9 +316,8 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
     async def UpdateRefundPolicy(
         self, request: pb.UpdateRefundPolicyRequest, principal: Principal
     ) -> pb.UpdateRefundPolicyResponse:
-        current = await settings.get_policy(self.db)
-        policy = _policy_from_proto(request.policy, current, list(request.update_mask.paths))
-        saved = await settings.update_policy(self.db, principal, request.request_id, policy)
+        patch = _policy_patch(request.policy, list(request.update_mask.paths))
+        saved = await settings.update_policy(self.db, principal, request.request_id, patch)
         return pb.UpdateRefundPolicyResponse(policy=convert.policy(saved))
 
     @rpc(Role.RETRY_MANAGE)
@@ -327,23 +333,17 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
     async def UpdateRetrySchedule(
         self, request: pb.UpdateRetryScheduleRequest, principal: Principal
     ) -> pb.UpdateRetryScheduleResponse:
-        current = settings.schedule_from_row(
-            await settings.get_schedule(self.db, request.schedule.code)
-        )
-        paths = set(request.update_mask.paths) or {"description", "intervals", "max_attempts"}
-        unknown = paths - {"description", "intervals", "max_attempts"}
-        if unknown:
-            raise InvalidArgument("update_mask", f"unknown fields {sorted(unknown)}")
+        fields = _mask(list(request.update_mask.paths), SCHEDULE_FIELDS)
         given = request.schedule
-        merged = RetrySchedule(
-            code=current.code,
+        patch = settings.SchedulePatch(
+            code=given.code,
+            description=given.description if "description" in fields else None,
             intervals=tuple(i.ToTimedelta() for i in given.intervals)
-            if "intervals" in paths
-            else current.intervals,
-            max_attempts=given.max_attempts if "max_attempts" in paths else current.max_attempts,
-            description=given.description if "description" in paths else current.description,
+            if "intervals" in fields
+            else None,
+            max_attempts=given.max_attempts if "max_attempts" in fields else None,
         )
-        row = await settings.update_schedule(self.db, principal, request.request_id, merged)
+        row = await settings.update_schedule(self.db, principal, request.request_id, patch)
         return pb.UpdateRetryScheduleResponse(schedule=convert.schedule(row))
 
     @rpc(Role.READ)
