@@ -181,7 +181,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
-CREATE CONSTRAINT TRIGGER ledger_line_balanced AFTER INSERT OR UPDATE ON ledger_line
+CREATE CONSTRAINT TRIGGER ledger_line_balanced AFTER INSERT ON ledger_line
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION journal_must_balance();
 
 -- Transactional outbox: written in the transaction of the change it reports.
@@ -247,16 +247,25 @@ END $$;
 CREATE TRIGGER audit_event_chain BEFORE INSERT ON audit_event
     FOR EACH ROW EXECUTE FUNCTION audit_event_chain();
 
-CREATE FUNCTION audit_event_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+-- The audit trail and the ledger are append-only: a correction is a new row, never an edit.
+CREATE FUNCTION refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION 'audit_event is append-only: % refused', TG_OP
+    RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
         USING ERRCODE = 'insufficient_privilege';
 END $$;
 CREATE TRIGGER audit_event_no_update BEFORE UPDATE OR DELETE ON audit_event
-    FOR EACH ROW EXECUTE FUNCTION audit_event_append_only();
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
 CREATE TRIGGER audit_event_no_truncate BEFORE TRUNCATE ON audit_event
-    FOR EACH STATEMENT EXECUTE FUNCTION audit_event_append_only();
-REVOKE UPDATE, DELETE, TRUNCATE ON audit_event FROM PUBLIC;
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER journal_entry_no_update BEFORE UPDATE OR DELETE ON journal_entry
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER ledger_line_no_update BEFORE UPDATE OR DELETE ON ledger_line
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER journal_entry_no_truncate BEFORE TRUNCATE ON journal_entry
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER ledger_line_no_truncate BEFORE TRUNCATE ON ledger_line
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+REVOKE UPDATE, DELETE, TRUNCATE ON audit_event, journal_entry, ledger_line FROM PUBLIC;
 
 -- A refund with its details, items and approvals, read in one round trip.
 CREATE VIEW refund_view AS

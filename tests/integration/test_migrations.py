@@ -1,0 +1,186 @@
+"""Migrations on fresh databases: applied once, safe when replicas start together, and the
+result is the schema every other test runs on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from repository.database import ensure_database, migrate, migrations
+from tests.conftest import ADMIN_URL, RUN_ID
+
+CLI = str(Path(sys.executable).parent / "refund-retry")
+
+
+def url_of(name: str) -> str:
+    return ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+async def admin(sql: str) -> None:
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def database_exists(name: str) -> bool:
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        return bool(await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name))
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def unused_name() -> AsyncIterator[str]:
+    """A database name nobody uses; the database is dropped afterwards if a test made it."""
+    name = f"rr_test_mig_{RUN_ID}_{secrets.token_hex(3)}"
+    try:
+        yield name
+    finally:
+        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def empty_database(unused_name: str) -> str:
+    """The URL of a new, empty database (no tables)."""
+    await admin(f'CREATE DATABASE "{unused_name}"')
+    return url_of(unused_name)
+
+
+async def fetch(url: str, sql: str) -> list[tuple[object, ...]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [tuple(r) for r in await conn.fetch(sql)]
+    finally:
+        await conn.close()
+
+
+COLUMNS = """
+SELECT table_name, column_name, ordinal_position, data_type, is_nullable, column_default,
+       character_maximum_length, is_identity
+  FROM information_schema.columns
+ WHERE table_schema = 'public'
+ ORDER BY table_name, ordinal_position"""
+
+TRIGGERS = """
+SELECT event_object_table, trigger_name, event_manipulation, action_timing
+  FROM information_schema.triggers
+ WHERE trigger_schema = 'public'
+ ORDER BY 1, 2, 3"""
+
+CONSTRAINTS = """
+SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+  FROM pg_constraint
+ WHERE connamespace = 'public'::regnamespace
+ ORDER BY 1, 2"""
+
+
+async def test_migrate_applies_every_migration_once(empty_database: str) -> None:
+    assert await migrate(empty_database) == [1]
+    assert await migrate(empty_database) == []
+    rows = await fetch(empty_database, "SELECT version, name FROM schema_migration")
+    assert rows == [(1, "initial")]
+    assert [(v, n) for v, n, _ in migrations()] == [(1, "initial")]
+
+
+async def test_migrated_database_has_the_seed_rows(empty_database: str) -> None:
+    await migrate(empty_database)
+    assert await fetch(empty_database, "SELECT code, max_attempts FROM retry_schedule") == [
+        ("refund-default", 5)
+    ]
+    assert await fetch(empty_database, "SELECT version, updated_by FROM refund_policy") == [
+        (0, "system:migration")
+    ]
+    assert await fetch(empty_database, "SELECT sequence FROM audit_chain_head") == [(0,)]
+
+
+async def test_concurrent_migrations_apply_version_1_exactly_once(empty_database: str) -> None:
+    results = await asyncio.gather(*(migrate(empty_database) for _ in range(5)))
+    assert sorted(results, key=len, reverse=True) == [[1], [], [], [], []]
+    assert [v for applied in results for v in applied] == [1]
+    assert await fetch(empty_database, "SELECT version FROM schema_migration") == [(1,)]
+
+
+async def test_concurrent_migrations_leave_no_advisory_lock(empty_database: str) -> None:
+    await asyncio.gather(*(migrate(empty_database) for _ in range(3)))
+    locks = await fetch(
+        empty_database,
+        "SELECT objid FROM pg_locks WHERE locktype = 'advisory' "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    assert locks == []
+
+
+async def test_ensure_database_creates_a_missing_database(unused_name: str) -> None:
+    assert not await database_exists(unused_name)
+    assert await ensure_database(url_of(unused_name)) is True
+    assert await database_exists(unused_name)
+    assert await ensure_database(url_of(unused_name)) is False
+    assert await database_exists(unused_name)
+
+
+async def test_ensure_database_returns_false_for_an_existing_one(empty_database: str) -> None:
+    assert await ensure_database(empty_database) is False
+
+
+async def test_migrated_schema_equals_the_template(
+    empty_database: str, template_database: str
+) -> None:
+    await migrate(empty_database)
+    template = url_of(template_database)
+    for query in (COLUMNS, TRIGGERS, CONSTRAINTS):
+        fresh = await fetch(empty_database, query)
+        assert fresh, query
+        assert fresh == await fetch(template, query)
+    tables = {row[0] for row in await fetch(empty_database, COLUMNS)}
+    assert {"payment", "refund_event", "audit_event", "ledger_line", "schema_migration"} <= tables
+
+
+async def run_migrate_cli(url: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFUND_RETRY_")}
+    env["REFUND_RETRY_DATABASE_URL"] = url
+    proc = await asyncio.create_subprocess_exec(
+        CLI,
+        "migrate",
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_migrate_creates_the_database_then_reports_up_to_date(
+    unused_name: str,
+) -> None:
+    url = url_of(unused_name)
+    code, out, err = await run_migrate_cli(url)
+    assert code == 0, err
+    assert out.strip() == "created the database; applied migrations [1]"
+    assert await database_exists(unused_name)
+    code, out, err = await run_migrate_cli(url)
+    assert code == 0, err
+    assert out.strip() == "schema is up to date"
+
+
+async def test_cli_migrate_with_a_malformed_url_exits_2() -> None:
+    code, out, err = await run_migrate_cli("postgresql://127.0.0.1:5432")
+    assert code == 2, (out, err)
+    assert "REFUND_RETRY_DATABASE_URL" in err
+    assert len(err.strip().splitlines()) == 1
