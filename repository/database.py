@@ -143,5 +143,16 @@ async def migrate(dsn: str) -> list[int]:
         await conn.close()
 
 
+async def pending_migrations(conn: Connection) -> list[int]:
+    """Versions not yet applied to the database behind ``conn``."""
+    exists = await conn.fetchval("SELECT to_regclass('schema_migration') IS NOT NULL")
+    done = (
+        {r["version"] for r in await conn.fetch("SELECT version FROM schema_migration")}
+        if exists
+        else set()
+    )
+    return [version for version, _, _ in migrations() if version not in done]
+
+
 def row_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
     return dict(record) if record is not None else None

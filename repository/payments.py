@@ -89,9 +89,16 @@ async def reserve(conn: Connection, payment_id: str, lines: Sequence[tuple[str, 
         raise LookupError(f"payment {payment_id} lost an item while reserving")
 
 
+# Lock order: payment row, then its items. ``reserve``'s callers lock the payment first
+# (``get(lock=True)``); release and settle take that lock themselves before touching items, so
+# creating and settling refunds of one payment can never deadlock.
+
+
 async def release(conn: Connection, payment_id: str, refund_id: Any, amount: int) -> None:
+    await conn.execute(Q["lock_payment"], payment_id)
     await conn.execute(Q["release"], payment_id, refund_id, amount)
 
 
 async def settle(conn: Connection, payment_id: str, refund_id: Any, amount: int) -> None:
+    await conn.execute(Q["lock_payment"], payment_id)
     await conn.execute(Q["settle"], payment_id, refund_id, amount)

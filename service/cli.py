@@ -9,6 +9,8 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+import asyncpg
+
 from repository.database import Database, ensure_database, migrate
 from service import audit, reconciliation
 from service.config import Config
@@ -123,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"refund-retry: configuration error: {exc.message}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"refund-retry: {exc}", file=sys.stderr)
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"refund-retry: cannot use the database or network: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -16,8 +16,9 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from refundretry.v1 import refund_retry_service_pb2, refund_retry_service_pb2_grpc
-from repository.database import Database
+from repository.database import Database, pending_migrations
 from service.config import Config
+from service.errors import ConfigError
 from service.gateways.base import Gateway
 from service.gateways.sandbox import SandboxGateway
 from service.grpc.servicer import RefundRetryServicer
@@ -81,21 +82,33 @@ class Service:
 
 
 async def _billing_loop(job: BillingJob, interval: int, batch: int) -> None:
+    """Run the billing job every ``interval`` seconds, and at once again while a run found a
+    full batch of work (a backlog)."""
     while True:
+        backlog = False
         try:
-            await job.run(JobRequest(limit=batch))
+            summary = await job.run(JobRequest(limit=batch))
+            backlog = summary.claimed >= batch
         except Exception:
             log.exception(
                 "billing job run failed; next run in %d s",
                 interval,
                 extra={"action": "billing_job.failed"},
             )
-        await asyncio.sleep(interval)
+        await asyncio.sleep(0 if backlog else interval)
 
 
 async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
     tokens = config.require_tokens()
     db = await Database.connect(config.database_url, max_size=config.db_pool_size)
+    async with db.connection() as conn:
+        missing = await pending_migrations(conn)
+    if missing:
+        await db.close()
+        raise ConfigError(
+            f"the database is not migrated (missing versions {missing}): "
+            "run `refund-retry migrate` first"
+        )
     gateways = build_gateways(config)
     job = build_billing_job(config, db, gateways)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])

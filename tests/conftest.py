@@ -20,11 +20,12 @@ ADMIN_URL = os.environ.get(
 RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
 
 
-def _url(name: str) -> str:
+def url_of(name: str) -> str:
     return ADMIN_URL.rsplit("/", 1)[0] + "/" + name
 
 
-async def _admin(sql: str) -> None:
+async def admin(sql: str) -> None:
+    """Run ``sql`` on the server's maintenance database (CREATE / DROP DATABASE)."""
     conn = await asyncpg.connect(ADMIN_URL)
     try:
         await conn.execute(sql)
@@ -37,12 +38,12 @@ def template_database() -> Iterator[str]:
     name = f"rr_test_tpl_{RUN_ID}"
 
     async def create() -> None:
-        await _admin(f'CREATE DATABASE "{name}"')
-        await migrate(_url(name))
+        await admin(f'CREATE DATABASE "{name}"')
+        await migrate(url_of(name))
 
     asyncio.run(create())
     yield name
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 _counter = 0
@@ -53,11 +54,28 @@ async def database_url(template_database: str) -> AsyncIterator[str]:
     global _counter
     _counter += 1
     name = f"rr_test_{RUN_ID}_{_counter}"
-    await _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    await admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
     try:
-        yield _url(name)
+        yield url_of(name)
     finally:
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def unused_name() -> AsyncIterator[str]:
+    """A database name nobody uses; the database is dropped afterwards if a test made it."""
+    name = f"rr_test_new_{RUN_ID}_{secrets.token_hex(3)}"
+    try:
+        yield name
+    finally:
+        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def empty_database(unused_name: str) -> str:
+    """The URL of a new, empty database (no tables)."""
+    await admin(f'CREATE DATABASE "{unused_name}"')
+    return url_of(unused_name)
 
 
 @pytest.fixture

@@ -392,6 +392,7 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
                 refunds_failed=summary.failed,
                 refunds_requires_action=summary.requires_action,
                 outcomes_unknown=summary.unknown,
+                errors=summary.errors,
                 elapsed=convert.duration(summary.elapsed),
             )
         )

@@ -20,6 +20,7 @@ money once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -55,6 +56,7 @@ NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 # whose outcome is unknown after that could move money twice, so before then the detail goes to
 # REQUIRES_ACTION for a person to check the gateway.
 UNKNOWN_GIVE_UP_AFTER = timedelta(hours=20)
+TRANSIENT_DB_RETRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,7 @@ class JobSummary:
     requires_action: int = 0
     unknown: int = 0
     lease_lost: int = 0
+    errors: int = 0
     elapsed: timedelta = field(default_factory=timedelta)
 
     def count(self, status: str) -> None:
@@ -87,6 +90,7 @@ class JobSummary:
             "requires_action": "requires_action",
             "unknown": "unknown",
             "lease_lost": "lease_lost",
+            "error": "errors",
         }[status]
         setattr(self, attribute, getattr(self, attribute) + 1)
 
@@ -160,8 +164,30 @@ class BillingJob:
         return summary
 
     async def _guarded(self, detail_id: uuid.UUID) -> str | None:
+        """Process one detail; its failure never fails the others. A deadlock or serialization
+        failure is retried at once (a replay uses the same idempotency key); anything else
+        releases the lease, so the next run replays the open attempt."""
         async with self._concurrency:
-            return await self._process(detail_id)
+            for retry in range(TRANSIENT_DB_RETRIES + 1):
+                try:
+                    return await self._process(detail_id)
+                except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+                    error: Exception = exc
+                    if retry == TRANSIENT_DB_RETRIES:
+                        break
+                except Exception as exc:
+                    error = exc
+                    break
+            log.error(
+                "refund detail %s failed in the billing job; its lease is released",
+                detail_id,
+                exc_info=error,
+                extra={"action": "billing_job.detail_failed", "detail_id": str(detail_id)},
+            )
+            with contextlib.suppress(Exception):
+                async with self._db.connection() as conn:
+                    await queue.release_lease(conn, detail_id, self.worker_id)
+            return "error"
 
     async def _process(self, detail_id: uuid.UUID) -> str | None:
         async with self._db.transaction() as conn:

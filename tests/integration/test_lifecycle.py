@@ -298,6 +298,24 @@ async def test_serve_on_a_port_in_use_exits_1_with_one_line_not_a_traceback(
     assert f"127.0.0.1:{port}" in ours[0]
 
 
+async def test_serve_on_an_unmigrated_database_says_to_migrate(empty_database: str) -> None:
+    code, _, err = await run_cli(serve_env(empty_database, free_port()), "serve")
+    assert code == 2, err
+    (line,) = err.strip().splitlines()
+    assert "refund-retry migrate" in line
+
+
+async def test_serve_with_an_unreachable_database_exits_1_with_one_line() -> None:
+    port = free_port()  # nothing listens there
+    code, _, err = await run_cli(
+        serve_env(f"postgresql://postgres@127.0.0.1:{port}/nothing", free_port()), "serve"
+    )
+    assert code == 1, err
+    assert "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("refund-retry: cannot use the database")
+
+
 # -- the real CLI: serving and stopping -------------------------------------------------------
 
 

@@ -5,30 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from repository.database import ensure_database, migrate, migrations
-from tests.conftest import ADMIN_URL, RUN_ID
+from tests.conftest import ADMIN_URL, url_of
 
 CLI = str(Path(sys.executable).parent / "refund-retry")
-
-
-def url_of(name: str) -> str:
-    return ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-
-
-async def admin(sql: str) -> None:
-    conn = await asyncpg.connect(ADMIN_URL)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def database_exists(name: str) -> bool:
@@ -37,23 +22,6 @@ async def database_exists(name: str) -> bool:
         return bool(await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name))
     finally:
         await conn.close()
-
-
-@pytest.fixture
-async def unused_name() -> AsyncIterator[str]:
-    """A database name nobody uses; the database is dropped afterwards if a test made it."""
-    name = f"rr_test_mig_{RUN_ID}_{secrets.token_hex(3)}"
-    try:
-        yield name
-    finally:
-        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-async def empty_database(unused_name: str) -> str:
-    """The URL of a new, empty database (no tables)."""
-    await admin(f'CREATE DATABASE "{unused_name}"')
-    return url_of(unused_name)
 
 
 async def fetch(url: str, sql: str) -> list[tuple[object, ...]]:

@@ -384,7 +384,7 @@ async def test_stripe_refund_pending_then_failed(
     assert payment.refundable_amount.minor_units == 5000
 
 
-class Crash(Exception):
+class Crash(BaseException):
     """The worker died after the gateway answered and before the outcome was stored."""
 
 
@@ -651,3 +651,25 @@ async def test_run_billing_job_replays_its_first_summary_for_a_reused_request_id
     error = await rpc_error(client.call("t-ops", "RunBillingJob", other))
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
     assert (await b.run_job(client)).refunds_succeeded == 1
+
+
+async def test_creating_and_settling_refunds_of_one_payment_at_once_never_deadlocks(
+    client: Client,
+) -> None:
+    await b.set_policy(client, auto={"USD": 1000})
+    payment = await b.record_payment(client, items=[("plan", 90000, 10000)])
+    for _ in range(40):
+        await b.create_refund(client, payment.payment_id, amount=100)
+    for _ in range(3):
+        results = await asyncio.gather(
+            b.run_job(client),
+            *(b.create_refund(client, payment.payment_id, amount=100) for _ in range(40)),
+        )
+        assert results[0].errors == 0
+    final = await b.run_job(client)
+    assert final.errors == 0
+    after = await b.get_payment(client, payment.payment_id)
+    assert after.refunded_amount.minor_units == 160 * 100
+    assert after.pending_refund_amount.minor_units == 0
+    report = await client.call("t-reader", "Reconcile", pb.ReconcileRequest())
+    assert report.balanced, report.issues

@@ -731,6 +731,7 @@ class BillingJobSummary(_message.Message):
     REFUNDS_REQUIRES_ACTION_FIELD_NUMBER: _builtins.int
     OUTCOMES_UNKNOWN_FIELD_NUMBER: _builtins.int
     ELAPSED_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
     refunds_claimed: _builtins.int
     refunds_succeeded: _builtins.int
     refunds_pending_at_gateway: _builtins.int
@@ -740,6 +741,10 @@ class BillingJobSummary(_message.Message):
     outcomes_unknown: _builtins.int
     """Attempts whose outcome is unknown (timeout): replayed with the same
     idempotency key on the next run.
+    """
+    errors: _builtins.int
+    """Details whose processing failed (logged); their leases were released, so the next run
+    picks them up again.
     """
     @_builtins.property
     def elapsed(self) -> _duration_pb2.Duration: ...
@@ -754,10 +759,11 @@ class BillingJobSummary(_message.Message):
         refunds_requires_action: _builtins.int = ...,
         outcomes_unknown: _builtins.int = ...,
         elapsed: _duration_pb2.Duration | None = ...,
+        errors: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["elapsed", b"elapsed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed", b"elapsed", "outcomes_unknown", b"outcomes_unknown", "refunds_claimed", b"refunds_claimed", "refunds_failed", b"refunds_failed", "refunds_pending_at_gateway", b"refunds_pending_at_gateway", "refunds_requires_action", b"refunds_requires_action", "refunds_succeeded", b"refunds_succeeded", "retries_scheduled", b"retries_scheduled"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed", b"elapsed", "errors", b"errors", "outcomes_unknown", b"outcomes_unknown", "refunds_claimed", b"refunds_claimed", "refunds_failed", b"refunds_failed", "refunds_pending_at_gateway", b"refunds_pending_at_gateway", "refunds_requires_action", b"refunds_requires_action", "refunds_succeeded", b"refunds_succeeded", "retries_scheduled", b"retries_scheduled"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
