@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -38,6 +39,15 @@ async def _migrate(config: Config) -> int:
     return 0
 
 
+@asynccontextmanager
+async def _database(config: Config, size: int = 1) -> AsyncIterator[Database]:
+    db = await Database.connect(config.database_url, max_size=size)
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
 async def _serve(config: Config) -> int:
     from service.server import serve
 
@@ -49,26 +59,22 @@ async def _run_job(config: Config) -> int:
     from service.jobs.billing_job import JobRequest
     from service.server import build_billing_job, build_gateways
 
-    db = await Database.connect(config.database_url, max_size=4)
     gateways = build_gateways(config)
     try:
-        summary = await build_billing_job(config, db, gateways).run(
-            JobRequest(limit=config.billing_job_batch)
-        )
+        async with _database(config, 4) as db:
+            summary = await build_billing_job(config, db, gateways).run(
+                JobRequest(limit=config.billing_job_batch)
+            )
     finally:
         for gateway in gateways.values():
             await gateway.close()
-        await db.close()
     print(json.dumps({k: getattr(summary, k) for k in summary.__slots__}, default=str))
     return 0
 
 
 async def _verify_audit(config: Config) -> int:
-    db = await Database.connect(config.database_url, max_size=1)
-    try:
+    async with _database(config) as db:
         report = await audit.verify_chain(db)
-    finally:
-        await db.close()
     if report.intact:
         print(f"audit chain intact: {report.rows_checked} rows")
         return 0
@@ -80,11 +86,8 @@ async def _verify_audit(config: Config) -> int:
 
 
 async def _reconcile(config: Config) -> int:
-    db = await Database.connect(config.database_url, max_size=1)
-    try:
+    async with _database(config) as db:
         report = await reconciliation.reconcile(db)
-    finally:
-        await db.close()
     for t in report.totals:
         print(
             f"{t.currency}: captured {t.captured} refunded {t.refunded} pending {t.pending} "

@@ -3,11 +3,7 @@ refunds and payments, through gRPC, the CLI and the database itself."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -18,11 +14,10 @@ from refundretry.v1 import audit_pb2, refund_pb2
 from refundretry.v1 import refund_retry_service_pb2 as pb
 from repository.database import Database
 from tests.integration import builders as b
+from tests.integration import cli
 from tests.integration.conftest import Client
 
 RS = refund_pb2.RefundStatus
-CLI = str(Path(sys.executable).parent / "refund-retry")
-CLI_TIMEOUT = 60.0
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -30,24 +25,7 @@ CLI_TIMEOUT = 60.0
 
 async def run_cli(database_url: str, *args: str) -> tuple[int, str, str]:
     """Run the real ``refund-retry`` console script against ``database_url``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REFUND_RETRY_")}
-    env["REFUND_RETRY_DATABASE_URL"] = database_url
-    proc = await asyncio.create_subprocess_exec(
-        CLI,
-        *args,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await cli.run_cli(cli.cli_env(DATABASE_URL=database_url), *args)
 
 
 async def list_audit(

@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
-import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -29,14 +27,13 @@ from refundretry.v1 import refund_retry_service_pb2_grpc as pb_grpc
 from repository.database import Database
 from service.server import Service, start
 from tests.integration import builders as b
+from tests.integration.cli import CLI, cli_env, run_cli
 from tests.integration.conftest import TOKENS, Client
 from tests.integration.conftest import test_config as make_config
 
-CLI = str(Path(sys.executable).parent / "refund-retry")
 SERVICE = "refundretry.v1.RefundRetryService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 START_TIMEOUT = 15.0
-CLI_TIMEOUT = 30.0
 LOCK_WAIT_TIMEOUT = 10.0
 
 
@@ -48,14 +45,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def cli_env(**settings: str) -> dict[str, str]:
-    """The test runner's environment without its REFUND_RETRY_* settings, plus ``settings``
-    (keys without the prefix)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REFUND_RETRY_")}
-    env.update({f"REFUND_RETRY_{k}": v for k, v in settings.items()})
-    return env
 
 
 def serve_env(database_url: str, port: int, **settings: str) -> dict[str, str]:
@@ -70,25 +59,6 @@ def serve_env(database_url: str, port: int, **settings: str) -> dict[str, str]:
         "LOG_FORMAT": "json",
     }
     return cli_env(**{**defaults, **settings})
-
-
-async def run_cli(env: Mapping[str, str], *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        CLI,
-        *args,
-        env=dict(env),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 @dataclass

