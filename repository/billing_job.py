@@ -42,10 +42,6 @@ async def start_attempt(
     return (row["attempt_count"], row["attempt_started_at"]) if row else None
 
 
-async def lock_detail(conn: Connection, detail_id: uuid.UUID, worker: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(Q["lock_detail"], detail_id, worker)
-
-
 async def record_outcome(
     conn: Connection,
     detail_id: uuid.UUID,

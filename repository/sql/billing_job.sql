@@ -42,9 +42,6 @@ UPDATE refund_event_detail
  WHERE detail_id = $1 AND lease_owner = $2 AND status IN ('PENDING', 'RETRY_SCHEDULED')
 RETURNING attempt_count, attempt_started_at;
 
--- name: lock_detail
-SELECT * FROM refund_event_detail WHERE detail_id = $1 AND lease_owner = $2 FOR UPDATE;
-
 -- name: record_outcome
 -- The attempt's outcome, under our lease; the lease is released.
 UPDATE refund_event_detail
