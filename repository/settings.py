@@ -11,6 +11,8 @@ from repository.database import Connection
 from repository.queries import Queries
 from service.domain.approval_policy import ApprovalTier, RefundPolicy
 from service.domain.money import Money
+from service.domain.retry_schedule import RetrySchedule, Timing, WalletPolicy
+from service.domain.retry_timing import AllowedHours
 
 Q = Queries("settings")
 
@@ -67,20 +69,45 @@ async def get_schedule(conn: Connection, code: str, *, lock: bool = False) -> as
     return await conn.fetchrow(Q["lock_schedule" if lock else "get_schedule"], code)
 
 
-async def insert_schedule(
-    conn: Connection, code: str, description: str, intervals: list[int], max_attempts: int
-) -> asyncpg.Record:
-    row = await conn.fetchrow(Q["insert_schedule"], code, description, intervals, max_attempts)
+def _schedule_columns(schedule: RetrySchedule) -> tuple[object, ...]:
+    hours = schedule.allowed_hours
+    return (
+        schedule.code,
+        schedule.description,
+        [int(i.total_seconds()) for i in schedule.intervals],
+        schedule.max_attempts,
+        schedule.timing.value,
+        hours.start_hour if hours else None,
+        hours.end_hour if hours else None,
+        schedule.max_span_days,
+        schedule.wallet.value,
+    )
+
+
+async def insert_schedule(conn: Connection, schedule: RetrySchedule) -> asyncpg.Record:
+    row = await conn.fetchrow(Q["insert_schedule"], *_schedule_columns(schedule))
     assert row is not None
     return row
 
 
-async def update_schedule(
-    conn: Connection, code: str, description: str, intervals: list[int], max_attempts: int
-) -> asyncpg.Record:
-    row = await conn.fetchrow(Q["update_schedule"], code, description, intervals, max_attempts)
+async def update_schedule(conn: Connection, schedule: RetrySchedule) -> asyncpg.Record:
+    row = await conn.fetchrow(Q["update_schedule"], *_schedule_columns(schedule))
     assert row is not None
     return row
+
+
+def schedule_from_row(row: asyncpg.Record) -> RetrySchedule:
+    start, end = row["allowed_start_hour"], row["allowed_end_hour"]
+    return RetrySchedule(
+        code=row["code"],
+        intervals=tuple(timedelta(seconds=s) for s in row["intervals"]),
+        max_attempts=row["max_attempts"],
+        description=row["description"],
+        timing=Timing(row["timing"]),
+        allowed_hours=AllowedHours(start, end) if start is not None else None,
+        max_span_days=row["max_span_days"],
+        wallet=WalletPolicy(row["wallet"]),
+    )
 
 
 async def list_schedules(conn: Connection, after_code: str, limit: int) -> list[asyncpg.Record]:

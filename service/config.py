@@ -32,6 +32,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "LEASE_SECONDS": ("60", "how long a worker holds claimed work before others may take it"),
     "PENDING_SYNC_SECONDS": ("60", "how often a refund pending at the gateway is synced"),
     "UNKNOWN_REPLAY_SECONDS": ("30", "delay before replaying an attempt with unknown outcome"),
+    "VISA_MAX_REATTEMPTS": ("15", "Visa reattempts allowed per card in 30 days"),
     "STRIPE_API_KEY": ("", "Stripe secret key; the stripe gateway is enabled when set"),
     "STRIPE_API_BASE": ("", "Stripe API base URL (tests point it at a local server)"),
     "SHUTDOWN_GRACE_SECONDS": ("10", "how long SIGTERM waits for in-flight RPCs"),
@@ -84,6 +85,7 @@ class Config:
     lease_seconds: int
     pending_sync_seconds: int
     unknown_replay_seconds: int
+    visa_max_reattempts: int
     stripe_api_key: str
     stripe_api_base: str
     shutdown_grace_seconds: int
@@ -124,6 +126,7 @@ class Config:
             lease_seconds=get("LEASE_SECONDS", _int(1, 86400)),
             pending_sync_seconds=get("PENDING_SYNC_SECONDS", _int(1, 86400)),
             unknown_replay_seconds=get("UNKNOWN_REPLAY_SECONDS", _int(1, 86400)),
+            visa_max_reattempts=get("VISA_MAX_REATTEMPTS", _int(1, 100)),
             stripe_api_key=get("STRIPE_API_KEY", str),
             stripe_api_base=get("STRIPE_API_BASE", _http_url),
             shutdown_grace_seconds=get("SHUTDOWN_GRACE_SECONDS", _int(0, 3600)),

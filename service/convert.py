@@ -16,6 +16,7 @@ from refundretry.v1 import (
     payment_pb2,
     refund_pb2,
     refund_policy_pb2,
+    retry_plan_pb2,
     retry_schedule_pb2,
 )
 from service.domain.approval_policy import RefundPolicy
@@ -154,14 +155,21 @@ def policy(value: RefundPolicy) -> refund_policy_pb2.RefundPolicy:
 
 
 def schedule(row: Row) -> retry_schedule_pb2.RetrySchedule:
-    return retry_schedule_pb2.RetrySchedule(
+    message = retry_schedule_pb2.RetrySchedule(
         code=row["code"],
         description=row["description"],
         intervals=[duration(timedelta(seconds=s)) for s in row["intervals"]],
         max_attempts=row["max_attempts"],
         create_time=ts(row["created_at"]),
         update_time=ts(row["updated_at"]),
+        timing=_enum(retry_schedule_pb2.RetryTiming, "RETRY_TIMING", row["timing"]),
+        max_span_days=row["max_span_days"] or 0,
+        wallet_policy=_enum(retry_schedule_pb2.WalletPolicy, "WALLET_POLICY", row["wallet"]),
     )
+    if row["allowed_start_hour"] is not None:
+        message.allowed_hours.start_hour = row["allowed_start_hour"]
+        message.allowed_hours.end_hour = row["allowed_end_hour"]
+    return message
 
 
 def audit_event(row: Row) -> audit_pb2.AuditEvent:
@@ -177,4 +185,74 @@ def audit_event(row: Row) -> audit_pb2.AuditEvent:
         data=data,
         hash=bytes(row["hash"]).hex(),
         previous_hash=bytes(row["previous_hash"]).hex(),
+    )
+
+
+def _enum(enum: Any, prefix: str, value: str) -> Any:
+    """The protobuf enum value named ``<prefix>_<value>`` (0, unspecified, for "")."""
+    return enum.Value(f"{prefix}_{value}") if value else 0
+
+
+def retry_plan(row: Row) -> retry_plan_pb2.RetryPlan:
+    """From a ``retry_plan_view`` row (methods, attempts and decisions as JSON lists)."""
+    currency = row["currency"]
+    plan = retry_plan_pb2.RetryPlan(
+        plan_id=str(row["plan_id"]),
+        payment_id=row["payment_id"],
+        billing_event_id=row["billing_event_id"],
+        customer_id=row["customer_id"],
+        subscription_id=row["subscription_id"],
+        amount=money(currency, row["amount"]),
+        gateway=row["gateway"],
+        retry_schedule_code=row["schedule_code"],
+        time_zone=row["time_zone"],
+        status=_enum(retry_plan_pb2.RetryPlanStatus, "RETRY_PLAN_STATUS", row["status"]),
+        status_reason=row["status_reason"],
+        attempt_count=row["attempt_count"],
+        next_attempt_time=ts(row["next_attempt_at"]),
+        current_method_index=row["method_index"],
+        waiting_for_payment_method=row["waiting_for_method"],
+        first_failure_time=ts(row["first_failed_at"]),
+        create_time=ts(row["created_at"]),
+        update_time=ts(row["updated_at"]),
+        metadata=row["metadata"],
+        payment_methods=[
+            retry_plan_pb2.PaymentMethod(
+                payment_method_id=m["payment_method_id"], network=m["network"]
+            )
+            for m in row["methods"]
+        ],
+        attempts=[payment_attempt(a) for a in row["attempts"]],
+    )
+    for d in row["decisions"]:
+        decision = plan.decisions.add(
+            sequence=d["sequence"],
+            decide_time=ts(d["decided_at"]),
+            action=_enum(retry_plan_pb2.DecisionAction, "DECISION_ACTION", d["action"]),
+            next_attempt_time=ts(d["next_attempt_at"]),
+            payment_method_id=d["payment_method_id"],
+            reason=d["reason"],
+            rule_ids=d["rule_ids"],
+        )
+        decision.data.update(d["data"])
+    return plan
+
+
+def payment_attempt(a: Row) -> retry_plan_pb2.PaymentAttempt:
+    return retry_plan_pb2.PaymentAttempt(
+        attempt_number=a["attempt_number"],
+        source=_enum(retry_plan_pb2.AttemptSource, "ATTEMPT_SOURCE", a["source"]),
+        attempt_time=ts(a["attempted_at"]),
+        payment_method_id=a["payment_method_id"],
+        network=a["network"],
+        outcome=_enum(retry_plan_pb2.AttemptOutcome, "ATTEMPT_OUTCOME", a["outcome"]),
+        decline=retry_plan_pb2.Decline(
+            decline_code=a["decline_code"],
+            visa_response_code=a["visa_response_code"],
+            mc_advice_code=a["mc_advice_code"],
+        ),
+        decline_class=_enum(retry_plan_pb2.DeclineClass, "DECLINE_CLASS", a["decline_class"]),
+        gateway_charge_id=a["gateway_charge_id"],
+        idempotency_key=a["idempotency_key"],
+        message=a["message"],
     )

@@ -15,9 +15,9 @@ from service import changes, convert, validation
 from service.auth import Principal
 from service.domain.money import Money
 from service.errors import AlreadyExists, InvalidArgument, NotFound
+from service.gateways.base import GATEWAYS
 from service.gateways.sandbox import OUTCOME_KEY, validate_outcome
-
-GATEWAYS = ("sandbox", "stripe")
+from service.retries import recover_by_payment
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +151,12 @@ async def record_payment(
                 ("revenue", 0, net),
                 ("tax_payable", 0, tax),
             ],
+        )
+        await recover_by_payment(
+            conn,
+            payment_id=cmd.payment_id,
+            billing_event_id=cmd.billing_event_id,
+            actor=principal.name,
         )
         row, item_rows = await load(conn, cmd.payment_id)
         await changes.record(

@@ -18,18 +18,21 @@ from grpc_reflection.v1alpha import reflection
 from refundretry.v1 import refund_retry_service_pb2, refund_retry_service_pb2_grpc
 from repository.database import Database, pending_migrations
 from service.config import Config
+from service.domain.network_rules import NetworkLimits
 from service.errors import ConfigError
-from service.gateways.base import Gateway
+from service.gateways.base import ChargingGateway
 from service.gateways.sandbox import SandboxGateway
 from service.grpc.servicer import RefundRetryServicer
 from service.jobs.billing_job import BillingJob, JobRequest
+from service.jobs.retry_job import RetryJob
+from service.retries import RetryContext
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = refund_retry_service_pb2.DESCRIPTOR.services_by_name["RefundRetryService"].full_name
 
 
-def build_gateways(config: Config) -> dict[str, Gateway]:
-    gateways: dict[str, Gateway] = {"sandbox": SandboxGateway()}
+def build_gateways(config: Config) -> dict[str, ChargingGateway]:
+    gateways: dict[str, ChargingGateway] = {"sandbox": SandboxGateway()}
     if config.stripe_api_key:
         from service.gateways.stripe_gateway import StripeGateway
 
@@ -37,13 +40,21 @@ def build_gateways(config: Config) -> dict[str, Gateway]:
     return gateways
 
 
-def build_billing_job(config: Config, db: Database, gateways: dict[str, Gateway]) -> BillingJob:
+def build_billing_job(
+    config: Config, db: Database, gateways: dict[str, ChargingGateway]
+) -> BillingJob:
+    """The billing job: refunds, and payment retries through its ``retry_job``."""
+    lease = timedelta(seconds=config.lease_seconds)
+    unknown_replay = timedelta(seconds=config.unknown_replay_seconds)
+    context = RetryContext(limits=NetworkLimits(visa_max_reattempts=config.visa_max_reattempts))
+    retry_job = RetryJob(db, gateways, context, lease=lease, unknown_replay_delay=unknown_replay)
     return BillingJob(
         db,
         gateways,
-        lease=timedelta(seconds=config.lease_seconds),
+        lease=lease,
         pending_sync_interval=timedelta(seconds=config.pending_sync_seconds),
-        unknown_replay_delay=timedelta(seconds=config.unknown_replay_seconds),
+        unknown_replay_delay=unknown_replay,
+        retry_job=retry_job,
     )
 
 
@@ -55,7 +66,7 @@ class Service:
     db: Database
     server: grpc.aio.Server
     health: HealthServicer
-    gateways: dict[str, Gateway]
+    gateways: dict[str, ChargingGateway]
     billing_job: BillingJob
     port: int
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -111,9 +122,11 @@ async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
         )
     gateways = build_gateways(config)
     job = build_billing_job(config, db, gateways)
+    retry_job = job.retry_job
+    assert retry_job is not None
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     refund_retry_service_pb2_grpc.add_RefundRetryServiceServicer_to_server(
-        RefundRetryServicer(db, tokens, job), server
+        RefundRetryServicer(db, tokens, job, retry_job), server
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

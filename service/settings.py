@@ -10,10 +10,12 @@ import asyncpg
 from refundretry.v1 import events_pb2
 from repository import settings
 from repository.database import Connection, Database
+from repository.settings import schedule_from_row
 from service import changes, convert
 from service.auth import Principal
 from service.domain.approval_policy import ApprovalTier, RefundPolicy
-from service.domain.retry_schedule import RetrySchedule, validate_code
+from service.domain.retry_schedule import RetrySchedule, Timing, WalletPolicy, validate_code
+from service.domain.retry_timing import AllowedHours
 from service.errors import AlreadyExists, InvalidArgument, NotFound
 
 
@@ -80,10 +82,6 @@ async def update_policy(
         return saved
 
 
-def _seconds(schedule: RetrySchedule) -> list[int]:
-    return [int(i.total_seconds()) for i in schedule.intervals]
-
-
 async def create_schedule(
     db: Database, principal: Principal, request_id: str, schedule: RetrySchedule
 ) -> asyncpg.Record:
@@ -95,13 +93,7 @@ async def create_schedule(
         )
         if first is None:
             try:
-                row = await settings.insert_schedule(
-                    conn,
-                    schedule.code,
-                    schedule.description,
-                    _seconds(schedule),
-                    schedule.max_attempts,
-                )
+                row = await settings.insert_schedule(conn, schedule)
             except asyncpg.UniqueViolationError as exc:
                 raise AlreadyExists(f"retry schedule {schedule.code!r} already exists") from exc
             await _record(conn, principal, "retry_schedule.created", row)
@@ -109,6 +101,16 @@ async def create_schedule(
         existing = await settings.get_schedule(conn, first)
         assert existing is not None
         return existing
+
+
+class Unset:
+    """A field the update mask leaves alone (where None is itself a value: "no limit")."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = Unset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,10 @@ class SchedulePatch:
     description: str | None = None
     intervals: tuple[timedelta, ...] | None = None
     max_attempts: int | None = None
+    timing: Timing | None = None
+    allowed_hours: AllowedHours | Unset | None = UNSET
+    max_span_days: int | Unset | None = UNSET
+    wallet: WalletPolicy | None = None
 
     def apply(self, current: RetrySchedule) -> RetrySchedule:
         return RetrySchedule(
@@ -126,6 +132,14 @@ class SchedulePatch:
             intervals=current.intervals if self.intervals is None else self.intervals,
             max_attempts=current.max_attempts if self.max_attempts is None else self.max_attempts,
             description=current.description if self.description is None else self.description,
+            timing=current.timing if self.timing is None else self.timing,
+            allowed_hours=current.allowed_hours
+            if isinstance(self.allowed_hours, Unset)
+            else self.allowed_hours,
+            max_span_days=current.max_span_days
+            if isinstance(self.max_span_days, Unset)
+            else self.max_span_days,
+            wallet=current.wallet if self.wallet is None else self.wallet,
         )
 
 
@@ -144,9 +158,7 @@ async def update_schedule(
         if first is not None:
             return current
         merged = patch.apply(schedule_from_row(current))
-        row = await settings.update_schedule(
-            conn, merged.code, merged.description, _seconds(merged), merged.max_attempts
-        )
+        row = await settings.update_schedule(conn, merged)
         await _record(conn, principal, "retry_schedule.updated", row)
         return row
 
@@ -175,15 +187,6 @@ async def get_schedule(db: Database, code: str) -> asyncpg.Record:
     if row is None:
         raise NotFound(f"retry schedule {code!r} does not exist")
     return row
-
-
-def schedule_from_row(row: asyncpg.Record) -> RetrySchedule:
-    return RetrySchedule(
-        row["code"],
-        tuple(timedelta(seconds=s) for s in row["intervals"]),
-        row["max_attempts"],
-        row["description"],
-    )
 
 
 async def list_schedules(

@@ -23,13 +23,18 @@ def identifier(value: str, field: str, *, required: bool = True) -> str:
     return value
 
 
-def refund_id(value: str, field: str = "refund_id") -> uuid.UUID:
+def uuid_id(value: str, field: str, what: str) -> uuid.UUID:
+    """A resource id of this service (a UUID)."""
     if not value:
         raise InvalidArgument(field, "is required")
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise InvalidArgument(field, f"{value!r} is not a refund id (a UUID)") from None
+        raise InvalidArgument(field, f"{value!r} is not a {what} id (a UUID)") from None
+
+
+def refund_id(value: str, field: str = "refund_id") -> uuid.UUID:
+    return uuid_id(value, field, "refund")
 
 
 def text(value: str, field: str, limit: int = 1000) -> str:

@@ -1,4 +1,5 @@
-"""A local HTTP server that speaks the part of Stripe's API our gateway uses: refunds.
+"""A local HTTP server that speaks the part of Stripe's API our gateway uses: refunds and
+off-session charges (PaymentIntents).
 
 Tests never reach the internet: this stub listens on 127.0.0.1 (a free port) in a background
 thread, and the real ``stripe`` SDK talks to it. It follows Stripe's documented behaviour where
@@ -36,8 +37,44 @@ comma-separated list of an outcome and faults:
 Faults are used up in the order written: ``fail_with_500:1,rate_limit:5`` answers one 500, then
 five 429s, then normally.
 
-Routes live in a table (:meth:`StripeStubServer.add_route`) so more of the API (PaymentIntents)
-can be added later.
+**PaymentIntents** (``POST /v1/payment_intents``, form-encoded: ``amount``, ``currency``,
+``customer``, ``payment_method``, ``confirm``, ``off_session``, ``metadata[...]``, ``expand[]``,
+``automatic_payment_methods[...]``, ``payment_method_types[]``, ``return_url``, ``description``)
+charge a card the test registered with :meth:`StripeStubServer.add_card` (which also registers its
+customer). With ``confirm=true`` the card's behaviour decides, again as an outcome and faults:
+
+==========================================  ================================================
+``succeed`` (default)                       ``succeeded``, with a succeeded charge (the
+                                            PaymentIntent can then be refunded)
+``processing``                              ``processing``, with a pending charge
+``requires_action``                         with ``off_session=true``: a 402 ``card_error``
+                                            ``authentication_required``; otherwise
+                                            ``requires_action`` (``next_action``)
+``decline:CODE[:NETWORK_DECLINE[:ADVICE]]`` a 402 ``card_error``: ``code`` ``card_declined``
+                                            with ``decline_code`` CODE (``expired_card``,
+                                            ``incorrect_cvc``, ``incorrect_number`` and
+                                            ``processing_error`` are the ``code`` itself,
+                                            with no ``decline_code``, as Stripe's test cards
+                                            give them), and the network's raw
+                                            ``network_decline_code`` / ``network_advice_code``
+                                            when given
+``fail_with_500:N``, ``rate_limit:N``,      as for payments, for the POSTs charging the card
+``slow:SECONDS[:N]``
+==========================================  ================================================
+
+A declined confirmation answers Stripe's 402 shape: ``error`` with ``type`` ``card_error``,
+``code``, ``decline_code``, ``message``, ``doc_url``, ``charge`` (the failed charge's id),
+``network_decline_code`` / ``network_advice_code`` (API version 2024-12-18.acacia on), the
+``payment_method`` object (its ``card.brand``) and the ``payment_intent`` object (status
+``requires_payment_method``, with ``last_payment_error`` and ``latest_charge``). The failed charge
+carries ``outcome`` (``network_status`` ``declined_by_network``, ``type`` ``issuer_declined``,
+``reason``, the network codes) and ``payment_method_details.card.network``. ``expand[]=
+latest_charge`` expands the charge in a 200 answer; inside a 402 error the PaymentIntent is left
+unexpanded (whether Stripe expands it there is not documented). Like Stripe, confirming an intent
+whose automatic payment methods allow redirects needs a ``return_url``. A 402 is saved for
+idempotent replay like any answer of an executed request. Inspect :attr:`payment_intents`.
+
+Routes live in a table (:meth:`StripeStubServer.add_route`).
 """
 
 from __future__ import annotations
@@ -53,7 +90,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl, urlsplit
 
 JSON = dict[str, Any]
@@ -72,7 +109,37 @@ FAILURE_REASONS = frozenset(
     }
 )
 OUTCOMES = frozenset({"succeed", "pending_then_succeed", "pending_then_fail", "requires_action"})
+CARD_OUTCOMES = frozenset({"succeed", "processing", "requires_action"})
 _REFUND_PARAMS = frozenset({"amount", "charge", "payment_intent", "reason", "metadata", "expand"})
+_PAYMENT_INTENT_PARAMS = frozenset(
+    {
+        "amount",
+        "currency",
+        "customer",
+        "payment_method",
+        "confirm",
+        "off_session",
+        "metadata",
+        "expand",
+        "automatic_payment_methods",
+        "payment_method_types",
+        "return_url",
+        "description",
+    }
+)
+# Card errors whose ``code`` is the reason itself (no ``decline_code``), as Stripe's test cards
+# give them.
+_CODE_DECLINES = frozenset(
+    {"expired_card", "incorrect_cvc", "incorrect_number", "processing_error"}
+)
+_DECLINE_MESSAGES = {
+    "authentication_required": "Your card was declined. This transaction requires authentication.",
+    "expired_card": "Your card has expired.",
+    "incorrect_cvc": "Your card's security code is incorrect.",
+    "incorrect_number": "Your card number is incorrect.",
+    "insufficient_funds": "Your card has insufficient funds.",
+    "processing_error": "An error occurred while processing your card. Try again in a little bit.",
+}
 _METADATA_KEY = re.compile(r"^metadata\[(?P<key>[^\]]*)\]$")
 
 
@@ -141,6 +208,14 @@ class _Fault:
     remaining: int
 
 
+class _FaultTarget(Protocol):
+    """What faults are injected into: a payment (refunds) or a card (charges)."""
+
+    faults: list[_Fault]
+    delay_seconds: float
+    slow_requests: int | None
+
+
 @dataclass(slots=True)
 class Payment:
     """A payment refunds can be made against: a PaymentIntent (with its charge) or a charge."""
@@ -161,6 +236,46 @@ class Payment:
     @property
     def remaining(self) -> int:
         return self.amount - self.refunded
+
+
+@dataclass(slots=True)
+class Card:
+    """A saved card (a PaymentMethod ``pm_...``) of a customer, for off-session charges."""
+
+    id: str
+    customer: str
+    network: str  # Stripe's lower-case network: visa, mastercard, amex, discover, ...
+    outcome: str = "succeed"
+    decline_code: str = ""
+    network_decline_code: str = ""
+    network_advice_code: str = ""
+    faults: list[_Fault] = field(default_factory=list)
+    delay_seconds: float = 0.0
+    slow_requests: int | None = None  # None: every POST is slow
+
+    @property
+    def object(self) -> JSON:
+        """The PaymentMethod object."""
+        return {
+            "id": self.id,
+            "object": "payment_method",
+            "billing_details": {"address": None, "email": None, "name": None, "phone": None},
+            "card": {
+                "brand": self.network,
+                "country": "US",
+                "display_brand": self.network,
+                "exp_month": 12,
+                "exp_year": 2040,
+                "funding": "credit",
+                "last4": "4242",
+                "networks": {"available": [self.network], "preferred": None},
+            },
+            "created": 1_700_000_000,
+            "customer": self.customer,
+            "livemode": False,
+            "metadata": {},
+            "type": "card",
+        }
 
 
 @dataclass(slots=True)
@@ -194,21 +309,49 @@ def _masked(key: str) -> str:
     return f"{key[:8]}****{key[-4:]}" if len(key) > 12 else "****"
 
 
+def _steps(behaviour: str) -> list[str]:
+    return list(filter(None, (part.strip() for part in behaviour.split(","))))
+
+
+def _parse_fault(target: _FaultTarget, step: str) -> bool:
+    """Add the fault ``step`` names to ``target``; False when ``step`` is no fault."""
+    name, _, arg = step.partition(":")
+    if name == "fail_with_500":
+        target.faults.append(_Fault("500", int(arg)))
+    elif name == "rate_limit":
+        target.faults.append(_Fault("429", int(arg)))
+    elif name == "slow":
+        seconds, _, count = arg.partition(":")
+        target.delay_seconds = float(seconds)
+        target.slow_requests = int(count) if count else None
+    else:
+        return False
+    return True
+
+
 def _parse_behaviour(payment: Payment, behaviour: str) -> None:
-    for step in filter(None, (part.strip() for part in behaviour.split(","))):
-        name, _, arg = step.partition(":")
+    for step in _steps(behaviour):
         if step in OUTCOMES:
             payment.outcome = step
-        elif name == "fail_with_500":
-            payment.faults.append(_Fault("500", int(arg)))
-        elif name == "rate_limit":
-            payment.faults.append(_Fault("429", int(arg)))
-        elif name == "slow":
-            seconds, _, count = arg.partition(":")
-            payment.delay_seconds = float(seconds)
-            payment.slow_requests = int(count) if count else None
-        else:
+        elif not _parse_fault(payment, step):
             raise ValueError(f"unknown stub behaviour {step!r}")
+
+
+def _parse_card_behaviour(card: Card, behaviour: str) -> None:
+    for step in _steps(behaviour):
+        name, _, arg = step.partition(":")
+        if step in CARD_OUTCOMES:
+            card.outcome = step
+        elif name == "decline" and arg:
+            card.outcome = "decline"
+            parts = arg.split(":")
+            if len(parts) > 3 or not all(parts):
+                raise ValueError(f"bad decline behaviour {step!r}")
+            card.decline_code = parts[0]
+            card.network_decline_code = parts[1] if len(parts) > 1 else ""
+            card.network_advice_code = parts[2] if len(parts) > 2 else ""
+        elif not _parse_fault(card, step):
+            raise ValueError(f"unknown card behaviour {step!r}")
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -258,10 +401,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
 
 class StripeStubServer:
-    """A stateful fake of Stripe's refund API on 127.0.0.1.
+    """A stateful fake of Stripe's refund and PaymentIntent APIs on 127.0.0.1.
 
     Start it with :meth:`start` (or the ``stripe_server`` fixture); register payments with
-    :meth:`add_payment`; inspect :attr:`refunds` and :attr:`requests`.
+    :meth:`add_payment` and cards with :meth:`add_card`; inspect :attr:`refunds`,
+    :attr:`payment_intents` and :attr:`requests`.
     """
 
     def __init__(self, api_key: str = DEFAULT_API_KEY) -> None:
@@ -274,6 +418,9 @@ class StripeStubServer:
         self._payment_intents: dict[str, Payment] = {}
         self._charges: dict[str, Payment] = {}
         self._refunds: dict[str, _Refund] = {}
+        self._cards: dict[str, Card] = {}
+        self._customers: set[str] = set()
+        self._created_intents: dict[str, JSON] = {}  # by POST /v1/payment_intents
         self._requests: list[RecordedRequest] = []
         self._saved: dict[str, _Saved] = {}
         self._in_flight: set[str] = set()
@@ -281,6 +428,7 @@ class StripeStubServer:
         self._thread: threading.Thread | None = None
         self.add_route("POST", r"/v1/refunds", self._create_refund)
         self.add_route("GET", r"/v1/refunds/(?P<id>[^/]+)", self._retrieve_refund)
+        self.add_route("POST", r"/v1/payment_intents", self._create_payment_intent)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -352,6 +500,32 @@ class StripeStubServer:
                 self._payment_intents[intent_id] = payment
             self._charges[charge_id] = payment
         return payment
+
+    def add_card(
+        self,
+        payment_method_id: str,
+        *,
+        customer: str,
+        network: str = "visa",
+        behaviour: str = "succeed",
+    ) -> Card:
+        """Register a saved card ``pm_...`` of ``customer`` (registered too) on ``network``."""
+        if not payment_method_id.startswith("pm_"):
+            raise ValueError("a payment method id starts with pm_")
+        if not customer.startswith("cus_"):
+            raise ValueError("a customer id starts with cus_")
+        card = Card(payment_method_id, customer, network.lower())
+        _parse_card_behaviour(card, behaviour)
+        with self._lock:
+            self._cards[payment_method_id] = card
+            self._customers.add(customer)
+        return card
+
+    @property
+    def payment_intents(self) -> list[JSON]:
+        """The PaymentIntents created, oldest first (copies; ``latest_charge`` expanded)."""
+        with self._lock:
+            return [copy.deepcopy(intent) for intent in self._created_intents.values()]
 
     def settle(self, refund_id: str, *, succeed: bool | None = None) -> JSON:
         """Finish a pending (or requires_action) refund as its payment's behaviour says."""
@@ -441,9 +615,9 @@ class StripeStubServer:
                 saved=False,
             )
         request = StubRequest(method, path, match, headers, params, key)
-        payment = self._target(request)
-        if method == "POST" and payment is not None:
-            fault = self._take_fault(payment)
+        target = self._target(request)
+        if method == "POST" and target is not None:
+            fault = self._take_fault(target)
             if fault is not None:
                 return fault
         fingerprint = (method, path, tuple(sorted(params.items())))
@@ -474,10 +648,10 @@ class StripeStubServer:
                 return replay
             self._in_flight.add(key)
         delay = 0.0
-        if method == "POST" and payment is not None and payment.slow_requests != 0:
-            delay = payment.delay_seconds
-            if delay and payment.slow_requests is not None:
-                payment.slow_requests -= 1
+        if method == "POST" and target is not None and target.slow_requests != 0:
+            delay = target.delay_seconds
+            if delay and target.slow_requests is not None:
+                target.slow_requests -= 1
         return _Plan(route, request, delay, fingerprint)
 
     def _authenticate(self, authorization: str) -> StubResponse | None:
@@ -506,20 +680,22 @@ class StripeStubServer:
             )
         return None
 
-    def _target(self, request: StubRequest) -> Payment | None:
-        """The payment a request acts on, for fault injection."""
+    def _target(self, request: StubRequest) -> _FaultTarget | None:
+        """The payment (or, for a charge, the card) a request acts on, for fault injection."""
+        if request.path == "/v1/payment_intents":
+            return self._cards.get(request.params.get("payment_method") or "")
         target = request.match.groupdict().get("id") or ""
         intent = request.params.get("payment_intent") or target
         charge = request.params.get("charge") or target
         return self._payment_intents.get(intent) or self._charges.get(charge)
 
     @staticmethod
-    def _take_fault(payment: Payment) -> StubResponse | None:
-        while payment.faults and payment.faults[0].remaining <= 0:
-            payment.faults.pop(0)
-        if not payment.faults:
+    def _take_fault(target: _FaultTarget) -> StubResponse | None:
+        while target.faults and target.faults[0].remaining <= 0:
+            target.faults.pop(0)
+        if not target.faults:
             return None
-        fault = payment.faults[0]
+        fault = target.faults[0]
         fault.remaining -= 1
         if fault.kind == "429":
             return stripe_error(
@@ -614,11 +790,7 @@ class StripeStubServer:
             "currency": payment.currency,
             "failure_balance_transaction": None,
             "failure_reason": None,
-            "metadata": {
-                match["key"]: value
-                for name, value in params.items()
-                if (match := _METADATA_KEY.match(name))
-            },
+            "metadata": _metadata(params),
             "next_action": {"type": "display_details"} if status == "requires_action" else None,
             "payment_intent": payment.payment_intent_id,
             "pending_reason": "processing" if status == "pending" else None,
@@ -660,50 +832,304 @@ class StripeStubServer:
         refund.object["failure_balance_transaction"] = _new_id("txn")
         refund.payment.refunded -= refund.object["amount"]  # the money is refundable again
 
+    # -- payment intents (off-session charges) -----------------------------------------------
+
+    def _create_payment_intent(self, request: StubRequest) -> StubResponse:
+        params = request.params
+        invalid = _validate_payment_intent_params(params)
+        if invalid is not None:
+            return invalid
+        card_id, customer = params.get("payment_method"), params.get("customer")
+        card = self._cards.get(card_id or "")
+        if card_id and card is None:
+            return stripe_error(
+                400,
+                "invalid_request_error",
+                f"No such PaymentMethod: '{card_id}'",
+                code="resource_missing",
+                param="payment_method",
+            )
+        if customer and customer not in self._customers:
+            return stripe_error(
+                400,
+                "invalid_request_error",
+                f"No such customer: '{customer}'",
+                code="resource_missing",
+                param="customer",
+            )
+        if card is not None and customer != card.customer:
+            return stripe_error(
+                400,
+                "invalid_request_error",
+                f"The PaymentMethod {card.id} does not belong to the Customer {customer}.",
+                param="payment_method",
+            )
+        amount, currency = int(params["amount"]), params["currency"]
+        intent: JSON = {
+            "id": _new_id("pi"),
+            "object": "payment_intent",
+            "amount": amount,
+            "amount_capturable": 0,
+            "amount_received": 0,
+            "automatic_payment_methods": (
+                None
+                if _listed(params, "payment_method_types")
+                else {
+                    "enabled": True,
+                    "allow_redirects": params.get(
+                        "automatic_payment_methods[allow_redirects]", "always"
+                    ),
+                }
+            ),
+            "canceled_at": None,
+            "cancellation_reason": None,
+            "capture_method": "automatic_async",
+            "client_secret": f"pi_secret_{secrets.token_hex(12)}",
+            "confirmation_method": "automatic",
+            "created": int(time.time()),
+            "currency": currency,
+            "customer": customer or None,
+            "description": params.get("description") or None,
+            "last_payment_error": None,
+            "latest_charge": None,
+            "livemode": False,
+            "metadata": _metadata(params),
+            "next_action": None,
+            "payment_method": card_id or None,
+            "payment_method_types": _listed(params, "payment_method_types") or ["card"],
+            "status": "requires_payment_method" if card is None else "requires_confirmation",
+        }
+        self._created_intents[intent["id"]] = intent
+        if card is None or params.get("confirm") != "true":
+            return StubResponse(200, copy.deepcopy(intent))
+        off_session = params.get("off_session") == "true"
+        if card.outcome == "requires_action" and not off_session:
+            intent["status"] = "requires_action"
+            intent["next_action"] = {"type": "use_stripe_sdk", "use_stripe_sdk": {}}
+            return self._intent_response(intent, params)
+        if card.outcome in ("decline", "requires_action"):
+            return self._decline(intent, card)
+        succeeded = card.outcome == "succeed"
+        charge = _charge(intent, card, "succeeded" if succeeded else "pending")
+        intent["latest_charge"] = charge
+        intent["status"] = "succeeded" if succeeded else "processing"
+        if succeeded:
+            intent["amount_received"] = amount
+            # The payment can now be refunded, like one registered with add_payment.
+            self._payment_intents[intent["id"]] = self._charges[charge["id"]] = Payment(
+                id=intent["id"],
+                amount=amount,
+                currency=currency,
+                outcome="succeed",
+                failure_reason="expired_or_canceled_card",
+                settle_after_retrieves=None,
+                charge_id=charge["id"],
+                payment_intent_id=intent["id"],
+            )
+        return self._intent_response(intent, params)
+
+    @staticmethod
+    def _intent_response(intent: JSON, params: Mapping[str, str]) -> StubResponse:
+        """The 200 answer: ``latest_charge`` is an id unless ``expand[]`` names it."""
+        body = copy.deepcopy(intent)
+        charge = body["latest_charge"]
+        if isinstance(charge, dict) and "latest_charge" not in _listed(params, "expand"):
+            body["latest_charge"] = charge["id"]
+        return StubResponse(200, body)
+
+    @staticmethod
+    def _decline(intent: JSON, card: Card) -> StubResponse:
+        """The 402 of a declined confirmation, and the intent's and charge's state after it."""
+        reason = (
+            "authentication_required" if card.outcome == "requires_action" else card.decline_code
+        )
+        code = reason if reason in _CODE_DECLINES | {"authentication_required"} else "card_declined"
+        message = _DECLINE_MESSAGES.get(reason, "Your card was declined.")
+        charge = _charge(intent, card, "failed", failure_code=code, failure_message=message)
+        outcome = charge["outcome"]
+        outcome["network_status"] = "declined_by_network"
+        outcome["type"] = "issuer_declined"
+        outcome["reason"] = reason
+        outcome["seller_message"] = "The bank returned the decline code `" + reason + "`."
+        outcome["network_decline_code"] = card.network_decline_code or None
+        outcome["network_advice_code"] = card.network_advice_code or None
+        error: JSON = {
+            "type": "card_error",
+            "code": code,
+            "doc_url": "https://stripe.com/docs/error-codes/" + code.replace("_", "-"),
+            "message": message,
+            "charge": charge["id"],
+            "payment_method": card.object,
+        }
+        if code in ("card_declined", "authentication_required"):
+            error["decline_code"] = reason
+        if card.network_decline_code:
+            error["network_decline_code"] = card.network_decline_code
+        if card.network_advice_code:
+            error["network_advice_code"] = card.network_advice_code
+        intent["status"] = "requires_payment_method"
+        intent["last_payment_error"] = copy.deepcopy(error)
+        intent["latest_charge"] = charge
+        error["payment_intent"] = {**copy.deepcopy(intent), "latest_charge": charge["id"]}
+        return StubResponse(402, {"error": error})
+
 
 def _validate_refund_params(params: Mapping[str, str]) -> StubResponse | None:
     """Parameter errors of ``POST /v1/refunds``: answered before execution, never saved."""
-
-    def invalid(message: str, param: str, code: str | None = None) -> StubResponse:
-        return stripe_error(
-            400, "invalid_request_error", message, code=code, param=param, saved=False
-        )
-
     for name in params:
         if name.partition("[")[0] not in _REFUND_PARAMS:
-            return invalid(f"Received unknown parameter: {name}", name, "parameter_unknown")
+            return _invalid(f"Received unknown parameter: {name}", name, "parameter_unknown")
     intent_id, charge_id = params.get("payment_intent"), params.get("charge")
     if not intent_id and not charge_id:
-        return invalid(
+        return _invalid(
             "One of the following params should be provided for this request: "
             "payment_intent or charge.",
             "payment_intent",
             "parameter_missing",
         )
     if intent_id and charge_id:
-        return invalid("You can only provide one of payment_intent or charge.", "charge")
-    if "amount" in params:
-        raw = params["amount"]
-        if not re.fullmatch(r"-?\d+", raw):
-            return invalid(f"Invalid integer: {raw}", "amount", "parameter_invalid_integer")
-        if int(raw) < 1:
-            return invalid(
-                "This value must be greater than or equal to 1.",
-                "amount",
-                "parameter_invalid_integer",
-            )
+        return _invalid("You can only provide one of payment_intent or charge.", "charge")
+    invalid = _validate_amount(params, required=False)
+    if invalid is not None:
+        return invalid
     reason = params.get("reason")
     if reason is not None and reason not in REFUND_REASONS:
-        return invalid(
+        return _invalid(
             "Invalid reason: must be one of duplicate, fraudulent, or requested_by_customer",
             "reason",
         )
-    metadata = [(m["key"], v) for n, v in params.items() if (m := _METADATA_KEY.match(n))]
+    return _validate_metadata(params)
+
+
+def _invalid(message: str, param: str, code: str | None = None) -> StubResponse:
+    """A parameter error: answered before execution, never saved."""
+    return stripe_error(400, "invalid_request_error", message, code=code, param=param, saved=False)
+
+
+def _metadata(params: Mapping[str, str]) -> dict[str, str]:
+    return {m["key"]: value for name, value in params.items() if (m := _METADATA_KEY.match(name))}
+
+
+def _validate_metadata(params: Mapping[str, str]) -> StubResponse | None:
+    metadata = _metadata(params)
     if len(metadata) > 50:
-        return invalid("You can have at most 50 metadata keys.", "metadata")
-    for key, value in metadata:
+        return _invalid("You can have at most 50 metadata keys.", "metadata")
+    for key, value in metadata.items():
         if not key or len(key) > 40:
-            return invalid("Metadata keys must be 1 to 40 characters long.", f"metadata[{key}]")
+            return _invalid("Metadata keys must be 1 to 40 characters long.", f"metadata[{key}]")
         if len(value) > 500:
-            return invalid("Metadata values can have up to 500 characters.", f"metadata[{key}]")
+            return _invalid("Metadata values can have up to 500 characters.", f"metadata[{key}]")
     return None
+
+
+def _validate_amount(params: Mapping[str, str], *, required: bool) -> StubResponse | None:
+    if "amount" not in params:
+        if required:
+            return _invalid("Missing required param: amount.", "amount", "parameter_missing")
+        return None
+    raw = params["amount"]
+    if not re.fullmatch(r"-?\d+", raw):
+        return _invalid(f"Invalid integer: {raw}", "amount", "parameter_invalid_integer")
+    if int(raw) < 1:
+        return _invalid(
+            "This value must be greater than or equal to 1.", "amount", "parameter_invalid_integer"
+        )
+    return None
+
+
+def _listed(params: Mapping[str, str], name: str) -> list[str]:
+    """The values of a form-encoded list (``name[0]=a&name[1]=b``, or ``name[]=a``)."""
+    return [value for key, value in params.items() if re.fullmatch(rf"{name}\[\d*\]", key)]
+
+
+def _validate_payment_intent_params(params: Mapping[str, str]) -> StubResponse | None:
+    """Parameter errors of ``POST /v1/payment_intents``: answered before execution, never saved."""
+    for name in params:
+        if name.partition("[")[0] not in _PAYMENT_INTENT_PARAMS:
+            return _invalid(f"Received unknown parameter: {name}", name, "parameter_unknown")
+    invalid = _validate_amount(params, required=True)
+    if invalid is not None:
+        return invalid
+    currency = params.get("currency")
+    if not currency:
+        return _invalid("Missing required param: currency.", "currency", "parameter_missing")
+    if not re.fullmatch(r"[a-z]{3}", currency):
+        return _invalid(f"Invalid currency: {currency}.", "currency", "parameter_invalid_string")
+    for flag in ("confirm", "off_session"):
+        if params.get(flag, "false") not in ("true", "false"):
+            return _invalid(f"Invalid boolean: {params[flag]}", flag, "parameter_invalid_boolean")
+    confirm = params.get("confirm") == "true"
+    if confirm and not params.get("payment_method"):
+        return _invalid(
+            "You cannot confirm this PaymentIntent because it's missing a payment method.",
+            "payment_method",
+            "payment_intent_unexpected_state",
+        )
+    allows_redirects = (
+        not _listed(params, "payment_method_types")
+        and params.get("automatic_payment_methods[allow_redirects]") != "never"
+    )
+    if confirm and allows_redirects and not params.get("return_url"):
+        return _invalid(
+            "A `return_url` must be specified because this Payment Intent is configured to "
+            "automatically accept the payment methods enabled in the Dashboard, some of which "
+            "may require a full page redirect to succeed. If you do not want to accept "
+            "redirect-based payment methods, set `automatic_payment_methods[enabled]` to `true` "
+            "and `automatic_payment_methods[allow_redirects]` to `never` when creating Setup "
+            "Intents and Payment Intents.",
+            "return_url",
+        )
+    return _validate_metadata(params)
+
+
+def _charge(
+    intent: JSON,
+    card: Card,
+    status: str,
+    *,
+    failure_code: str | None = None,
+    failure_message: str | None = None,
+) -> JSON:
+    """The charge a confirmation made (``status``: succeeded, pending or failed)."""
+    paid = status == "succeeded"
+    return {
+        "id": _new_id("ch"),
+        "object": "charge",
+        "amount": intent["amount"],
+        "amount_captured": intent["amount"] if paid else 0,
+        "amount_refunded": 0,
+        "captured": paid,
+        "created": intent["created"],
+        "currency": intent["currency"],
+        "customer": intent["customer"],
+        "failure_code": failure_code,
+        "failure_message": failure_message,
+        "livemode": False,
+        "metadata": dict(intent["metadata"]),
+        "outcome": {
+            "advice_code": None,
+            "network_advice_code": None,
+            "network_decline_code": None,
+            "network_status": "approved_by_network" if status != "failed" else None,
+            "reason": None,
+            "risk_level": "normal",
+            "seller_message": "Payment complete." if paid else None,
+            "type": "authorized" if status != "failed" else None,
+        },
+        "paid": paid,
+        "payment_intent": intent["id"],
+        "payment_method": card.id,
+        "payment_method_details": {
+            "type": "card",
+            "card": {
+                "brand": card.network,
+                "country": "US",
+                "exp_month": 12,
+                "exp_year": 2040,
+                "funding": "credit",
+                "last4": "4242",
+                "network": card.network,
+            },
+        },
+        "status": status,
+    }

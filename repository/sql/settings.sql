@@ -17,12 +17,16 @@ SELECT * FROM refund_policy WHERE version = $1;
 SELECT * FROM retry_schedule WHERE code = $1;
 
 -- name: insert_schedule
-INSERT INTO retry_schedule (code, description, intervals, max_attempts)
-VALUES ($1, $2, $3, $4)
+INSERT INTO retry_schedule (code, description, intervals, max_attempts, timing,
+                            allowed_start_hour, allowed_end_hour, max_span_days, wallet)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 RETURNING *;
 
 -- name: update_schedule
-UPDATE retry_schedule SET description = $2, intervals = $3, max_attempts = $4, updated_at = now()
+UPDATE retry_schedule
+   SET description = $2, intervals = $3, max_attempts = $4, timing = $5,
+       allowed_start_hour = $6, allowed_end_hour = $7, max_span_days = $8, wallet = $9,
+       updated_at = now()
  WHERE code = $1
 RETURNING *;
 

@@ -6,13 +6,31 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from service.errors import InvalidArgument
+
+if TYPE_CHECKING:  # retry_timing explains schedules in words, so it imports this module
+    from service.domain.retry_timing import AllowedHours
 
 CODE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_ATTEMPTS_LIMIT = 100
 MAX_INTERVAL = timedelta(days=90)
 DEFAULT_REFUND_SCHEDULE = "refund-default"
+DEFAULT_PAYMENT_SCHEDULE = "payment-fixed"
+MAX_SPAN_DAYS = 120
+
+
+class Timing(StrEnum):
+    FIXED = "FIXED"
+    SMART = "SMART"
+
+
+class WalletPolicy(StrEnum):
+    NEVER = "NEVER"
+    AFTER_HARD_DECLINE = "AFTER_HARD_DECLINE"
+    ROTATE = "ROTATE"
 
 
 def validate_code(code: str, field: str) -> str:
@@ -29,6 +47,11 @@ class RetrySchedule:
     intervals: tuple[timedelta, ...]
     max_attempts: int
     description: str = ""
+    # Payment retries only: refund retries use the intervals as they are.
+    timing: Timing = Timing.FIXED
+    allowed_hours: AllowedHours | None = None
+    max_span_days: int | None = None
+    wallet: WalletPolicy = WalletPolicy.AFTER_HARD_DECLINE
 
     def __post_init__(self) -> None:
         validate_code(self.code, "schedule.code")
@@ -45,6 +68,24 @@ class RetrySchedule:
                 )
         if len(self.description) > 500:
             raise InvalidArgument("schedule.description", "at most 500 characters")
+        if self.max_span_days is not None and not 1 <= self.max_span_days <= MAX_SPAN_DAYS:
+            raise InvalidArgument(
+                "schedule.max_span_days", f"must be between 1 and {MAX_SPAN_DAYS} days"
+            )
+        if self.timing is Timing.SMART and not self.intervals:
+            raise InvalidArgument(
+                "schedule.intervals", "a smart schedule needs the minimum gap between attempts"
+            )
+
+    @property
+    def span(self) -> timedelta | None:
+        return timedelta(days=self.max_span_days) if self.max_span_days else None
+
+    def gap_after(self, attempts_made: int) -> timedelta:
+        """The interval before the next attempt once ``attempts_made`` attempts were made."""
+        if not self.intervals:
+            return timedelta(0)
+        return self.intervals[min(max(attempts_made, 1), len(self.intervals)) - 1]
 
     @classmethod
     def of_seconds(
@@ -60,7 +101,4 @@ class RetrySchedule:
         ``failed_at``; None when the schedule has no attempt left."""
         if attempts_made >= self.max_attempts:
             return None
-        if not self.intervals:
-            return failed_at
-        interval = self.intervals[min(max(attempts_made, 1), len(self.intervals)) - 1]
-        return failed_at + interval
+        return failed_at + self.gap_after(attempts_made)

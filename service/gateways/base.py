@@ -6,6 +6,12 @@ whether the same refund may pass later); REQUIRES_ACTION (someone must act); NOT
 (the request never reached the gateway: safe to repeat); UNKNOWN (sent, but no answer: replay
 with the same idempotency key, never a new one).
 
+Two operations use this vocabulary: refunds (:class:`RefundRequest` -> :class:`RefundOutcome`)
+and charges, the payment-retry engine's attempts (:class:`ChargeRequest` ->
+:class:`ChargeOutcome`). A charge's outcome carries what the card networks' retry rules need:
+the decline code (Stripe's vocabulary), the network, and the network's raw codes when the gateway
+gives them.
+
 Error codes are normalised here, in the gateway modules, and nowhere else.
 """
 
@@ -17,6 +23,9 @@ from enum import StrEnum
 from typing import Protocol
 
 from service.domain.money import Money
+
+# Every gateway this service can talk to; a replica enables those it has credentials for.
+GATEWAYS = ("sandbox", "stripe")
 
 
 class OutcomeKind(StrEnum):
@@ -74,8 +83,53 @@ class RefundOutcome:
         return cls(OutcomeKind.DECLINED, gateway_refund_id, code.value, message, retryable)
 
 
+class CardNetwork(StrEnum):
+    """The card network a charge went to, as :attr:`ChargeOutcome.network` spells it."""
+
+    VISA = "VISA"
+    MASTERCARD = "MASTERCARD"
+    AMEX = "AMEX"
+    DISCOVER = "DISCOVER"
+    OTHER = "OTHER"  # a known network without retry rules of its own here (JCB, UnionPay, ...)
+    UNKNOWN = ""  # the gateway did not say
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeRequest:
+    """One attempt of a payment-retry plan: charge ``amount`` to a saved card, off-session."""
+
+    plan_id: str
+    customer_id: str
+    payment_method: str  # the gateway's payment method id (e.g. "pm_..."): the card to charge
+    amount: Money
+    # Derived from the plan id and attempt number: a replay charges once.
+    idempotency_key: str
+    attempt: int
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeOutcome:
+    """What one charge attempt came to.
+
+    ``kind`` is SUCCEEDED, PENDING (accepted, settles later), DECLINED (the card or the gateway
+    said no; ``decline_code`` says why), REQUIRES_ACTION (the customer must authenticate),
+    NOT_ATTEMPTED or UNKNOWN (``retryable``: safe to replay with the same idempotency key).
+    """
+
+    kind: OutcomeKind
+    gateway_charge_id: str = ""  # e.g. the PaymentIntent id
+    # Normalised to Stripe's decline-code vocabulary ("insufficient_funds", ...); "" if none.
+    decline_code: str = ""
+    network: str = ""  # a CardNetwork value: "VISA", "MASTERCARD", "AMEX", "DISCOVER", "OTHER", ""
+    visa_response_code: str = ""  # the raw network decline code, when the network is Visa
+    mc_advice_code: str = ""  # Mastercard's merchant advice code ("01".."30"), when given
+    message: str = ""
+    retryable: bool = False  # for NOT_ATTEMPTED / UNKNOWN: safe to replay with the same key
+
+
 class Gateway(Protocol):
-    """A payment gateway as the billing job sees it."""
+    """A payment gateway as the billing job sees it (refunds)."""
 
     name: str
 
@@ -88,3 +142,11 @@ class Gateway(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class ChargingGateway(Gateway, Protocol):
+    """A gateway that can also charge a saved card (the payment-retry engine's attempts)."""
+
+    async def charge(self, request: ChargeRequest) -> ChargeOutcome:
+        """Charge the card off-session (idempotent per ``request.idempotency_key``)."""
+        ...

@@ -1,4 +1,5 @@
-"""The Stripe gateway: refunds through the official ``stripe`` SDK, mapped to our outcomes.
+"""The Stripe gateway: refunds and charges through the official ``stripe`` SDK, mapped to our
+outcomes.
 
 What it maps, and why:
 
@@ -21,6 +22,24 @@ What it maps, and why:
   ``amount_too_large``, ``resource_missing``, other invalid requests, an idempotency-key misuse,
   a bad or revoked API key, a card error.
 
+* **A charge** (:meth:`StripeGateway.charge`, the payment-retry engine's attempts) is one
+  ``POST /v1/payment_intents`` with ``confirm=true`` and ``off_session=true`` for the saved
+  card, under the request's idempotency key. ``automatic_payment_methods[allow_redirects]`` is
+  ``never``: off-session no one can follow a redirect, and Stripe refuses to confirm an intent
+  that allows redirects without a ``return_url``. The PaymentIntent's status: ``succeeded`` ->
+  SUCCEEDED; ``processing`` (and ``requires_capture``) -> PENDING; ``requires_action`` ->
+  REQUIRES_ACTION; ``canceled`` -> DECLINED. A declined confirmation is a 402
+  ``stripe.CardError``: DECLINED, with the decline code from ``error.decline_code`` (or
+  ``error.code`` when that is itself a decline reason, e.g. ``expired_card``; a bare
+  ``card_declined`` is ``generic_decline``); an ``authentication_required`` decline is
+  REQUIRES_ACTION (the customer must come back and authenticate). The network is the charge's
+  ``payment_method_details.card.network`` (we expand ``latest_charge``), else the card's
+  ``brand``; the raw network codes are the error's ``network_decline_code`` (Visa's response
+  code) and ``network_advice_code`` (Mastercard's merchant advice code), falling back to the
+  PaymentIntent's ``last_payment_error`` and the charge's ``outcome`` (Stripe added all three
+  places in API version 2024-12-18.acacia). Transient errors, NOT_ATTEMPTED and UNKNOWN work as
+  for refunds, through the same retry loop; the normalised error code is kept in the message.
+
 Stripe's error messages are kept (prefixed ``stripe:``); the API key never is, nor is it logged.
 Amounts are sent as ``Money.minor_units`` (ISO 4217 exponents), which is what Stripe expects for
 its two- and zero-decimal currencies. Stripe lists a few currencies with special amount rules
@@ -32,11 +51,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import httpx
 import stripe
-from stripe.params import RefundCreateParams
+from stripe.params import PaymentIntentCreateParams, RefundCreateParams
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -45,9 +64,19 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from service.gateways.base import OutcomeKind, RefundErrorCode, RefundOutcome, RefundRequest
+from service.gateways.base import (
+    CardNetwork,
+    ChargeOutcome,
+    ChargeRequest,
+    OutcomeKind,
+    RefundErrorCode,
+    RefundOutcome,
+    RefundRequest,
+)
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # The reasons Stripe accepts on a refund; anything else is not sent.
 STRIPE_REFUND_REASONS: Final = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
@@ -70,6 +99,24 @@ _INVALID_REQUEST_CODES: Final[dict[str, RefundErrorCode]] = {
 # httpx errors raised before any byte of the request could leave: the request never reached
 # Stripe. (A pool timeout is waiting for a free connection.)
 _NOT_SENT_ERRORS: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+# A charge's ``payment_method_details.card.network`` (or a card's ``brand``) -> our network.
+# Stripe's values: amex, cartes_bancaires, diners, discover, eftpos_au, interac, jcb, link,
+# mastercard, unionpay, visa, unknown. The rest are OTHER; ``unknown`` (or nothing) is "".
+_NETWORKS: Final[dict[str, CardNetwork]] = {
+    "visa": CardNetwork.VISA,
+    "mastercard": CardNetwork.MASTERCARD,
+    "amex": CardNetwork.AMEX,
+    "discover": CardNetwork.DISCOVER,
+    "unknown": CardNetwork.UNKNOWN,
+}
+
+# The card error ``code`` that is no decline reason of its own: the reason is in
+# ``decline_code`` (``generic_decline`` when Stripe gives none). Other codes (``expired_card``,
+# ``incorrect_cvc``, ...) are Stripe decline codes themselves.
+_CARD_DECLINED: Final = "card_declined"
+# The decline (``code`` or ``decline_code``) that asks for the customer, not a retry.
+_AUTHENTICATION_REQUIRED: Final = "authentication_required"
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,25 +214,160 @@ def outcome_for_refund(refund: stripe.Refund) -> RefundOutcome:
     )
 
 
-def _outcome_for_error(exc: stripe.StripeError, attempts: _Attempts) -> RefundOutcome:
-    """Our outcome for the error that ended ``refund()`` (after any retries)."""
-    code = _error_code(exc)
-    message = _message(exc)
+def _unfinished(exc: stripe.StripeError, attempts: _Attempts) -> tuple[OutcomeKind, bool]:
+    """The kind of outcome, and ``retryable``, of the error that ended a create call (after any
+    retries). A card error is DECLINED here; charges read its details themselves."""
     # These answers come from inside Stripe's idempotency layer: they are final for the key,
     # whatever earlier attempts did.
     if isinstance(exc, stripe.InvalidRequestError | stripe.IdempotencyError | stripe.CardError):
-        return RefundOutcome.declined(code, message, retryable=False)
+        return OutcomeKind.DECLINED, False
     if attempts.may_have_moved_money:
         # An attempt was sent and its answer lost; the error that ended the call (a rate limit,
         # a refused connection, a rejected key) is checked before the idempotency layer and
         # says nothing about it. Replay with the same key.
-        return RefundOutcome(OutcomeKind.UNKNOWN, "", code.value, message, retryable=True)
+        return OutcomeKind.UNKNOWN, True
     if _transient(exc) is not None:
-        return RefundOutcome(OutcomeKind.NOT_ATTEMPTED, "", code.value, message, retryable=True)
+        return OutcomeKind.NOT_ATTEMPTED, True
     if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
-        return RefundOutcome.declined(code, message, retryable=False)
+        return OutcomeKind.DECLINED, False
     # Any other Stripe error: we cannot tell what happened; replaying with the key is safe.
-    return RefundOutcome(OutcomeKind.UNKNOWN, "", code.value, message, retryable=True)
+    return OutcomeKind.UNKNOWN, True
+
+
+def _outcome_for_error(exc: stripe.StripeError, attempts: _Attempts) -> RefundOutcome:
+    """Our outcome for the error that ended ``refund()`` (after any retries)."""
+    code = _error_code(exc)
+    kind, retryable = _unfinished(exc, attempts)
+    if kind is OutcomeKind.DECLINED:
+        return RefundOutcome.declined(code, _message(exc), retryable=retryable)
+    return RefundOutcome(kind, "", code.value, _message(exc), retryable=retryable)
+
+
+# -- charges -----------------------------------------------------------------------------------
+
+
+def _dig(value: object, *keys: str) -> object:
+    """``value[k1][k2]...`` through JSON dicts and ``StripeObject``s; None when a key is missing
+    (Stripe leaves out null fields of errors, and unexpanded fields are plain ids)."""
+    for key in keys:
+        if isinstance(value, dict):
+            value = value.get(key)
+        elif isinstance(value, stripe.StripeObject) and key in value:
+            value = value[key]
+        else:
+            return None
+    return value
+
+
+def _text(value: object, *keys: str) -> str:
+    found = _dig(value, *keys)
+    return found if isinstance(found, str) else ""
+
+
+def _network(charge: object, payment_method: object) -> str:
+    """Our network of a charge (``payment_method_details.card.network``), else of its card
+    (``card.brand``); "" when neither says."""
+    raw = _text(charge, "payment_method_details", "card", "network") or _text(
+        payment_method, "card", "brand"
+    )
+    if not raw:
+        return CardNetwork.UNKNOWN
+    return _NETWORKS.get(raw.lower(), CardNetwork.OTHER)
+
+
+def _network_codes(network: str, *sources: object) -> tuple[str, str]:
+    """(``visa_response_code``, ``mc_advice_code``): the first ``network_decline_code`` and
+    ``network_advice_code`` the ``sources`` give, each kept only for its own network."""
+    decline = next((c for s in sources if (c := _text(s, "network_decline_code"))), "")
+    advice = next((c for s in sources if (c := _text(s, "network_advice_code"))), "")
+    return (
+        decline if network == CardNetwork.VISA else "",
+        advice if network == CardNetwork.MASTERCARD else "",
+    )
+
+
+def _decline_code(error: object) -> str:
+    """Stripe's decline code of a card error (or of a ``last_payment_error``)."""
+    decline_code = _text(error, "decline_code")
+    if decline_code:
+        return decline_code
+    code = _text(error, "code")
+    if code == _CARD_DECLINED:
+        return "generic_decline"
+    return code  # expired_card, incorrect_cvc, processing_error, ... (decline reasons themselves)
+
+
+def _declined_charge(
+    error: object, intent: object, charge: object, *, message: str
+) -> ChargeOutcome:
+    """Our outcome for a declined charge: ``error`` is the 402's ``error`` (or the
+    PaymentIntent's ``last_payment_error``), ``charge`` the failed charge when expanded."""
+    decline_code = _decline_code(error)
+    network = _network(charge, _dig(error, "payment_method"))
+    visa_code, mac = _network_codes(
+        network, error, _dig(intent, "last_payment_error"), _dig(charge, "outcome")
+    )
+    kind = OutcomeKind.DECLINED
+    if _AUTHENTICATION_REQUIRED in (decline_code, _text(error, "code")):
+        kind, decline_code = OutcomeKind.REQUIRES_ACTION, _AUTHENTICATION_REQUIRED
+    return ChargeOutcome(
+        kind,
+        _text(intent, "id"),
+        decline_code=decline_code,
+        network=network,
+        visa_response_code=visa_code,
+        mc_advice_code=mac,
+        message=message,
+    )
+
+
+def outcome_for_card_error(exc: stripe.CardError) -> ChargeOutcome:
+    """Our outcome for the 402 of a declined ``POST /v1/payment_intents`` (confirm=true)."""
+    body = exc.json_body if isinstance(exc.json_body, dict) else {}
+    error = body.get("error") or {}
+    intent = _dig(error, "payment_intent")
+    return _declined_charge(error, intent, _dig(intent, "latest_charge"), message=_message(exc))
+
+
+def outcome_for_payment_intent(intent: stripe.PaymentIntent) -> ChargeOutcome:
+    """Our outcome for a PaymentIntent that ``POST /v1/payment_intents`` (confirm=true) returned."""
+    status = intent.status
+    charge = _dig(intent, "latest_charge")
+    if status == "requires_payment_method" or status == "canceled":
+        error = _dig(intent, "last_payment_error")
+        message = _text(error, "message") or f"the payment intent is {status}"
+        return _declined_charge(error, intent, charge, message=f"stripe: {message}")
+    network = _network(charge, _dig(intent, "payment_method"))
+    kinds = {
+        "succeeded": OutcomeKind.SUCCEEDED,
+        "processing": OutcomeKind.PENDING,
+        "requires_capture": OutcomeKind.PENDING,  # authorised; we never ask for manual capture
+        "requires_action": OutcomeKind.REQUIRES_ACTION,
+    }
+    kind = kinds.get(status)
+    message = ""
+    if kind is None:
+        # Not a state a confirmed intent should be in: ask again rather than guess.
+        kind, message = (
+            OutcomeKind.PENDING,
+            f"stripe: unrecognised payment intent status {status!r}",
+        )
+    elif kind is OutcomeKind.REQUIRES_ACTION:
+        message = "stripe: the customer must authenticate this payment"
+    return ChargeOutcome(kind, intent.id, network=network, message=message)
+
+
+def _charge_error_outcome(exc: stripe.StripeError, attempts: _Attempts) -> ChargeOutcome:
+    """Our outcome for the error that ended ``charge()`` (after any retries)."""
+    if isinstance(exc, stripe.CardError):
+        return outcome_for_card_error(exc)
+    kind, retryable = _unfinished(exc, attempts)
+    # No field of its own for the error's code: the message starts with it (Stripe's own code
+    # for an invalid request, e.g. ``resource_missing``, else our normalised one).
+    code = exc.code if isinstance(exc, stripe.InvalidRequestError) and exc.code else None
+    label = code or _error_code(exc).value
+    message = f"stripe: {label}: {exc.user_message or type(exc).__name__}"
+    return ChargeOutcome(kind, message=message, retryable=retryable)
 
 
 class _HTTPXClient(stripe.HTTPXClient):
@@ -209,7 +391,8 @@ class _HTTPXClient(stripe.HTTPXClient):
 
 
 class StripeGateway:
-    """Refunds through Stripe's API (v1 refunds), one ``StripeClient`` per gateway."""
+    """Refunds (v1 refunds) and charges (v1 PaymentIntents) through Stripe's API, one
+    ``StripeClient`` per gateway."""
 
     name = "stripe"
 
@@ -245,12 +428,15 @@ class StripeGateway:
         async def create() -> stripe.Refund:
             return await self._client.v1.refunds.create_async(params=params, options=options)
 
+        ids = _refund_log_ids(request)
         attempts = _Attempts()
         try:
-            refund = await self._with_retries(create, attempts, "stripe_refund_create", request)
+            refund = await self._with_retries(create, attempts, "stripe_refund_create", ids)
         except stripe.StripeError as exc:
             outcome = _outcome_for_error(exc, attempts)
-            self._log_failure("stripe_refund_create", request, attempts, exc, outcome)
+            _log_failure(
+                "stripe_refund_create", ids, attempts, exc, outcome.kind, outcome.error_code
+            )
             return outcome
         return outcome_for_refund(refund)
 
@@ -261,9 +447,10 @@ class StripeGateway:
         # The refund exists (Stripe gave us its id), so failing to read it says nothing about
         # the money: every failure is UNKNOWN (ask again later), never NOT_ATTEMPTED nor
         # DECLINED. ``retryable`` says whether asking again can help.
+        ids = _refund_log_ids(request)
         attempts = _Attempts()
         try:
-            refund = await self._with_retries(retrieve, attempts, "stripe_refund_fetch", request)
+            refund = await self._with_retries(retrieve, attempts, "stripe_refund_fetch", ids)
         except stripe.StripeError as exc:
             outcome = RefundOutcome(
                 OutcomeKind.UNKNOWN,
@@ -272,9 +459,31 @@ class StripeGateway:
                 _message(exc),
                 retryable=_is_transient(exc),
             )
-            self._log_failure("stripe_refund_fetch", request, attempts, exc, outcome)
+            _log_failure(
+                "stripe_refund_fetch", ids, attempts, exc, outcome.kind, outcome.error_code
+            )
             return outcome
         return outcome_for_refund(refund)
+
+    async def charge(self, request: ChargeRequest) -> ChargeOutcome:
+        params = _payment_intent_params(request)
+        options: stripe.RequestOptions = {"idempotency_key": request.idempotency_key}
+
+        async def create() -> stripe.PaymentIntent:
+            return await self._client.v1.payment_intents.create_async(
+                params=params, options=options
+            )
+
+        ids = _charge_log_ids(request)
+        attempts = _Attempts()
+        try:
+            intent = await self._with_retries(create, attempts, "stripe_charge_create", ids)
+        except stripe.StripeError as exc:
+            outcome = _charge_error_outcome(exc, attempts)
+            code = outcome.decline_code or _error_code(exc).value
+            _log_failure("stripe_charge_create", ids, attempts, exc, outcome.kind, code)
+            return outcome
+        return outcome_for_payment_intent(intent)
 
     async def close(self) -> None:
         # Closes the SDK's httpx.AsyncClient; the SDK leaves this method unannotated.
@@ -282,12 +491,15 @@ class StripeGateway:
 
     async def _with_retries(
         self,
-        operation: Callable[[], Awaitable[stripe.Refund]],
+        operation: Callable[[], Awaitable[_T]],
         attempts: _Attempts,
         action: str,
-        request: RefundRequest,
-    ) -> stripe.Refund:
-        async def attempt() -> stripe.Refund:
+        log_ids: Mapping[str, object],
+    ) -> _T:
+        """Run ``operation``, retrying transient errors (with the same idempotency key, which
+        ``operation`` carries); ``attempts`` records what the tries did."""
+
+        async def attempt() -> _T:
             attempts.count += 1
             try:
                 return await operation()
@@ -301,9 +513,7 @@ class StripeGateway:
                 "Stripe call failed with a transient error; retrying with the same key",
                 extra={
                     "action": f"{action}_retry",
-                    "payment_id": request.payment_id,
-                    "refund_attempt": request.attempt,
-                    "idempotency_key": request.idempotency_key,
+                    **log_ids,
                     "call_attempt": state.attempt_number,
                     "error": type(exc).__name__,
                 },
@@ -316,32 +526,47 @@ class StripeGateway:
             before_sleep=before_sleep,
             reraise=True,
         )
-        result: stripe.Refund = await retrying(attempt)
+        result: _T = await retrying(attempt)
         return result
 
-    @staticmethod
-    def _log_failure(
-        action: str,
-        request: RefundRequest,
-        attempts: _Attempts,
-        exc: stripe.StripeError,
-        outcome: RefundOutcome,
-    ) -> None:
-        log.warning(
-            "Stripe call ended in %s (%s)",
-            outcome.kind.value,
-            outcome.error_code,
-            extra={
-                "action": f"{action}_failed",
-                "payment_id": request.payment_id,
-                "refund_attempt": request.attempt,
-                "idempotency_key": request.idempotency_key,
-                "call_attempts": attempts.count,
-                "error": type(exc).__name__,
-                "http_status": exc.http_status,
-                "request_id": exc.request_id,
-            },
-        )
+
+def _refund_log_ids(request: RefundRequest) -> dict[str, object]:
+    return {
+        "payment_id": request.payment_id,
+        "refund_attempt": request.attempt,
+        "idempotency_key": request.idempotency_key,
+    }
+
+
+def _charge_log_ids(request: ChargeRequest) -> dict[str, object]:
+    return {
+        "plan_id": request.plan_id,
+        "charge_attempt": request.attempt,
+        "idempotency_key": request.idempotency_key,
+    }
+
+
+def _log_failure(
+    action: str,
+    log_ids: Mapping[str, object],
+    attempts: _Attempts,
+    exc: stripe.StripeError,
+    kind: OutcomeKind,
+    code: str,
+) -> None:
+    log.warning(
+        "Stripe call ended in %s (%s)",
+        kind.value,
+        code,
+        extra={
+            "action": f"{action}_failed",
+            **log_ids,
+            "call_attempts": attempts.count,
+            "error": type(exc).__name__,
+            "http_status": exc.http_status,
+            "request_id": exc.request_id,
+        },
+    )
 
 
 def _create_params(request: RefundRequest) -> RefundCreateParams:
@@ -361,3 +586,25 @@ def _create_params(request: RefundRequest) -> RefundCreateParams:
     if request.reason in STRIPE_REFUND_REASONS:
         params["reason"] = request.reason
     return params
+
+
+def _payment_intent_params(request: ChargeRequest) -> PaymentIntentCreateParams:
+    """The parameters of ``POST /v1/payment_intents`` that charge ``request`` at once."""
+    return {
+        "amount": request.amount.minor_units,
+        "currency": request.amount.currency.lower(),
+        "customer": request.customer_id,
+        "payment_method": request.payment_method,
+        "confirm": True,
+        "off_session": True,
+        # Off-session no one can follow a redirect; and without this Stripe refuses to confirm
+        # (it wants a ``return_url`` for the redirect-based methods it would otherwise allow).
+        "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+        "metadata": {
+            **request.metadata,
+            "plan_id": request.plan_id,
+            "attempt": str(request.attempt),
+        },
+        # The charge, for the network it went through and its outcome's network codes.
+        "expand": ["latest_charge"],
+    }

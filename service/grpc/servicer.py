@@ -18,6 +18,7 @@ from refundretry.v1 import (
     money_pb2,
     refund_pb2,
     refund_policy_pb2,
+    retry_plan_pb2,
     retry_schedule_pb2,
 )
 from refundretry.v1 import (
@@ -27,16 +28,36 @@ from refundretry.v1 import (
     refund_retry_service_pb2_grpc as pb_grpc,
 )
 from repository.database import Database
-from service import audit, convert, payments, reconciliation, refunds, settings
+from service import (
+    audit,
+    changes,
+    convert,
+    payments,
+    reconciliation,
+    refunds,
+    retries,
+    settings,
+    validation,
+)
 from service.auth import Principal, Role, TokenTable
 from service.domain.approval_policy import ApprovalTier
+from service.domain.decline_codes import Decline
 from service.domain.money import Money
 from service.domain.refund_plan import LineRequest
 from service.domain.refund_states import RefundStatus
-from service.domain.retry_schedule import DEFAULT_REFUND_SCHEDULE, RetrySchedule
+from service.domain.retry_plan import Method, PlanStatus
+from service.domain.retry_schedule import (
+    DEFAULT_PAYMENT_SCHEDULE,
+    DEFAULT_REFUND_SCHEDULE,
+    RetrySchedule,
+    Timing,
+    WalletPolicy,
+)
+from service.domain.retry_timing import AllowedHours
 from service.errors import InvalidArgument
 from service.grpc.errors import abort
 from service.jobs.billing_job import BillingJob, JobRequest, run_once
+from service.jobs.retry_job import RetryJob
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req", bound=Message)
@@ -96,7 +117,17 @@ def optional_time(holder: Message, field: str) -> datetime | None:
 
 
 POLICY_FIELDS = frozenset({"auto_approval_thresholds", "approval_tiers", "refund_window"})
-SCHEDULE_FIELDS = frozenset({"description", "intervals", "max_attempts"})
+SCHEDULE_FIELDS = frozenset(
+    {
+        "description",
+        "intervals",
+        "max_attempts",
+        "timing",
+        "allowed_hours",
+        "max_span_days",
+        "wallet_policy",
+    }
+)
 
 
 def _mask(paths: list[str], known: frozenset[str]) -> frozenset[str]:
@@ -141,20 +172,52 @@ def _policy_patch(
     return settings.PolicyPatch(auto_approve=auto, tiers=tiers, refund_window=window)
 
 
+def _timing(message: retry_schedule_pb2.RetrySchedule) -> Timing:
+    if message.timing == retry_schedule_pb2.RETRY_TIMING_UNSPECIFIED:
+        return Timing.FIXED
+    return Timing(retry_schedule_pb2.RetryTiming.Name(message.timing).removeprefix("RETRY_TIMING_"))
+
+
+def _wallet(message: retry_schedule_pb2.RetrySchedule) -> WalletPolicy:
+    if message.wallet_policy == retry_schedule_pb2.WALLET_POLICY_UNSPECIFIED:
+        return WalletPolicy.AFTER_HARD_DECLINE
+    name = retry_schedule_pb2.WalletPolicy.Name(message.wallet_policy)
+    return WalletPolicy(name.removeprefix("WALLET_POLICY_"))
+
+
+def _hours(message: retry_schedule_pb2.RetrySchedule) -> AllowedHours | None:
+    if not message.HasField("allowed_hours"):
+        return None
+    return AllowedHours(message.allowed_hours.start_hour, message.allowed_hours.end_hour)
+
+
 def _schedule_from_proto(message: retry_schedule_pb2.RetrySchedule) -> RetrySchedule:
     return RetrySchedule(
         code=message.code,
         intervals=tuple(i.ToTimedelta() for i in message.intervals),
         max_attempts=message.max_attempts,
         description=message.description,
+        timing=_timing(message),
+        allowed_hours=_hours(message),
+        max_span_days=message.max_span_days or None,
+        wallet=_wallet(message),
+    )
+
+
+def _method(message: retry_plan_pb2.PaymentMethod, field: str) -> Method:
+    return Method(
+        message.payment_method_id, retries.network_of(message.network, f"{field}.network")
     )
 
 
 class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
-    def __init__(self, db: Database, tokens: TokenTable, billing_job: BillingJob) -> None:
+    def __init__(
+        self, db: Database, tokens: TokenTable, billing_job: BillingJob, retry_job: RetryJob
+    ) -> None:
         self.db = db
         self.tokens = tokens
         self.billing_job = billing_job
+        self.retry_job = retry_job
 
     # -- payments ---------------------------------------------------------------------------
 
@@ -342,6 +405,12 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
             if "intervals" in fields
             else None,
             max_attempts=given.max_attempts if "max_attempts" in fields else None,
+            timing=_timing(given) if "timing" in fields else None,
+            allowed_hours=_hours(given) if "allowed_hours" in fields else settings.UNSET,
+            max_span_days=(given.max_span_days or None)
+            if "max_span_days" in fields
+            else settings.UNSET,
+            wallet=_wallet(given) if "wallet_policy" in fields else None,
         )
         row = await settings.update_schedule(self.db, principal, request.request_id, patch)
         return pb.UpdateRetryScheduleResponse(schedule=convert.schedule(row))
@@ -394,8 +463,168 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
                 outcomes_unknown=summary.unknown,
                 errors=summary.errors,
                 elapsed=convert.duration(summary.elapsed),
+                payment_retries=pb.PaymentRetrySummary(
+                    plans_claimed=summary.payment_retries.claimed,
+                    recovered=summary.payment_retries.recovered,
+                    rescheduled=summary.payment_retries.rescheduled,
+                    waiting_for_customer=summary.payment_retries.waiting_for_customer,
+                    exhausted=summary.payment_retries.exhausted,
+                    blocked_by_rules=summary.payment_retries.blocked_by_rules,
+                    outcomes_unknown=summary.payment_retries.unknown,
+                    errors=summary.payment_retries.errors,
+                ),
             )
         )
+
+    # -- payment retries --------------------------------------------------------------------
+
+    @rpc(Role.PAYMENT_RECORD)
+    async def RecordPaymentFailure(
+        self, request: pb.RecordPaymentFailureRequest, principal: Principal
+    ) -> pb.RecordPaymentFailureResponse:
+        failed_at = optional_time(request, "failure_time")
+        if failed_at is None:
+            raise InvalidArgument("failure_time", "is required")
+        network = retries.network_of(request.payment_method.network, "payment_method.network")
+        row = await retries.record_payment_failure(
+            self.db,
+            principal,
+            retries.RecordFailure(
+                request_id=request.request_id,
+                payment_id=request.payment_id,
+                billing_event_id=request.billing_event_id,
+                customer_id=request.customer_id,
+                subscription_id=request.subscription_id,
+                amount=money(request.amount, "amount"),
+                gateway=request.gateway,
+                method=Method(request.payment_method.payment_method_id, network),
+                decline=Decline(
+                    request.decline.decline_code,
+                    network,
+                    request.decline.visa_response_code,
+                    request.decline.mc_advice_code,
+                ),
+                failed_at=failed_at,
+                time_zone=request.time_zone or "UTC",
+                wallet=tuple(_method(m, f"wallet[{i}]") for i, m in enumerate(request.wallet)),
+                schedule_code=request.retry_schedule_code or DEFAULT_PAYMENT_SCHEDULE,
+                metadata=dict(request.metadata),
+            ),
+            context=self.retry_job.context,
+        )
+        plan = convert.retry_plan(row)
+        return pb.RecordPaymentFailureResponse(plan=plan, decision=plan.decisions[-1])
+
+    @rpc(Role.READ)
+    async def GetRetryPlan(
+        self, request: pb.GetRetryPlanRequest, principal: Principal
+    ) -> pb.GetRetryPlanResponse:
+        row = await retries.get_plan(self.db, request.plan_id)
+        return pb.GetRetryPlanResponse(plan=convert.retry_plan(row))
+
+    @rpc(Role.READ)
+    async def ListRetryPlans(
+        self, request: pb.ListRetryPlansRequest, principal: Principal
+    ) -> pb.ListRetryPlansResponse:
+        status = None
+        if request.status:
+            name = retry_plan_pb2.RetryPlanStatus.Name(request.status)
+            status = PlanStatus(name.removeprefix("RETRY_PLAN_STATUS_"))
+        rows, token = await retries.list_plans(
+            self.db,
+            retries.ListPlans(
+                page_size=request.page_size,
+                page_token=request.page_token,
+                status=status,
+                customer_id=request.customer_id,
+                subscription_id=request.subscription_id,
+                payment_id=request.payment_id,
+            ),
+        )
+        return pb.ListRetryPlansResponse(
+            plans=[convert.retry_plan(r) for r in rows], next_page_token=token
+        )
+
+    async def _change(
+        self,
+        principal: Principal,
+        scope: str,
+        request_id: str,
+        plan_id: str,
+        target: PlanStatus,
+        reason: str = "",
+    ) -> retry_plan_pb2.RetryPlan:
+        row = await retries.change_status(
+            self.db,
+            principal,
+            scope=scope,
+            request_id=request_id,
+            plan_id_text=plan_id,
+            target=target,
+            reason=reason,
+            context=self.retry_job.context,
+        )
+        return convert.retry_plan(row)
+
+    @rpc(Role.RETRY_MANAGE)
+    async def PauseRetryPlan(
+        self, request: pb.PauseRetryPlanRequest, principal: Principal
+    ) -> pb.PauseRetryPlanResponse:
+        plan = await self._change(
+            principal,
+            "PauseRetryPlan",
+            request.request_id,
+            request.plan_id,
+            PlanStatus.PAUSED,
+            request.reason,
+        )
+        return pb.PauseRetryPlanResponse(plan=plan)
+
+    @rpc(Role.RETRY_MANAGE)
+    async def ResumeRetryPlan(
+        self, request: pb.ResumeRetryPlanRequest, principal: Principal
+    ) -> pb.ResumeRetryPlanResponse:
+        plan = await self._change(
+            principal, "ResumeRetryPlan", request.request_id, request.plan_id, PlanStatus.ACTIVE
+        )
+        return pb.ResumeRetryPlanResponse(plan=plan)
+
+    @rpc(Role.RETRY_MANAGE)
+    async def CancelRetryPlan(
+        self, request: pb.CancelRetryPlanRequest, principal: Principal
+    ) -> pb.CancelRetryPlanResponse:
+        plan = await self._change(
+            principal,
+            "CancelRetryPlan",
+            request.request_id,
+            request.plan_id,
+            PlanStatus.CANCELED,
+            request.reason,
+        )
+        return pb.CancelRetryPlanResponse(plan=plan)
+
+    @rpc(Role.RETRY_MANAGE)
+    async def RetryNow(
+        self, request: pb.RetryNowRequest, principal: Principal
+    ) -> pb.RetryNowResponse:
+        changes.validate_request_id(request.request_id)
+        plan_id = validation.uuid_id(request.plan_id, "plan_id", "retry plan")
+        row = await self.retry_job.retry_now(plan_id, principal.name, request.request_id)
+        plan = convert.retry_plan(row)
+        return pb.RetryNowResponse(plan=plan, attempt=plan.attempts[-1])
+
+    @rpc(Role.RETRY_MANAGE)
+    async def AddPaymentMethod(
+        self, request: pb.AddPaymentMethodRequest, principal: Principal
+    ) -> pb.AddPaymentMethodResponse:
+        row = await retries.add_payment_method(
+            self.db,
+            principal,
+            request.request_id,
+            request.plan_id,
+            _method(request.payment_method, "payment_method"),
+        )
+        return pb.AddPaymentMethodResponse(plan=convert.retry_plan(row))
 
     @rpc(Role.READ)
     async def ListAuditEvents(

@@ -28,7 +28,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -48,6 +48,7 @@ from service.domain.refund_states import (
 )
 from service.domain.retry_schedule import RetrySchedule
 from service.gateways.base import Gateway, OutcomeKind, RefundOutcome, RefundRequest
+from service.jobs.retry_job import RetryJob, RetrySummary
 
 log = logging.getLogger(__name__)
 D, R = DetailStatus, RefundStatus
@@ -80,6 +81,7 @@ class JobSummary:
     lease_lost: int = 0
     errors: int = 0
     elapsed: timedelta = field(default_factory=timedelta)
+    payment_retries: RetrySummary = field(default_factory=RetrySummary)
 
     def count(self, status: str) -> None:
         attribute = {
@@ -117,6 +119,7 @@ class BillingJob:
         unknown_give_up_after: timedelta = UNKNOWN_GIVE_UP_AFTER,
         concurrency: int = 16,
         after_gateway_call: AfterGatewayCall | None = None,
+        retry_job: RetryJob | None = None,
     ) -> None:
         self._db = db
         self._gateways = gateways
@@ -127,6 +130,7 @@ class BillingJob:
         self._unknown_give_up = unknown_give_up_after
         self._concurrency = asyncio.Semaphore(concurrency)
         self._after_gateway_call = after_gateway_call
+        self.retry_job = retry_job
 
     async def run(self, request: JobRequest) -> JobSummary:
         started = time.monotonic()
@@ -148,17 +152,17 @@ class BillingJob:
         for result in results:
             if result:
                 summary.count(result)
+        if request.process_due_retries and self.retry_job is not None:
+            summary.payment_retries = await self.retry_job.run(due_by=end, limit=request.limit)
         summary.elapsed = timedelta(seconds=time.monotonic() - started)
-        if claimed:
+        if claimed or summary.payment_retries.claimed:
             log.info(
                 "billing job processed %d refund details",
                 len(claimed),
                 extra={
                     "action": "billing_job.run",
                     "worker": self.worker_id,
-                    "summary": {
-                        k: getattr(summary, k) for k in summary.__slots__ if k != "elapsed"
-                    },
+                    "summary": _summary_to_json(summary),
                 },
             )
         return summary
@@ -458,12 +462,17 @@ async def run_once(
 
 
 def _summary_to_json(summary: JobSummary) -> str:
-    data = {k: getattr(summary, k) for k in JobSummary.__slots__ if k != "elapsed"}
+    skip = {"elapsed", "payment_retries"}
+    data: dict[str, object] = {
+        k: getattr(summary, k) for k in JobSummary.__slots__ if k not in skip
+    }
     data["elapsed_us"] = summary.elapsed // timedelta(microseconds=1)
+    data["payment_retries"] = asdict(summary.payment_retries)
     return json.dumps(data)
 
 
 def _summary_from_json(text: str) -> JobSummary:
     data = json.loads(text)
     elapsed = timedelta(microseconds=data.pop("elapsed_us"))
-    return JobSummary(**data, elapsed=elapsed)
+    retries = RetrySummary(**data.pop("payment_retries"))
+    return JobSummary(**data, elapsed=elapsed, payment_retries=retries)

@@ -11,6 +11,8 @@ from repository.database import ensure_database, migrate, migrations
 from tests.conftest import ADMIN_URL, url_of
 from tests.integration.cli import cli_env, run_cli
 
+ALL = [version for version, _, _ in migrations()]
+
 
 async def database_exists(name: str) -> bool:
     conn = await asyncpg.connect(ADMIN_URL)
@@ -49,17 +51,20 @@ SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
 
 
 async def test_migrate_applies_every_migration_once(empty_database: str) -> None:
-    assert await migrate(empty_database) == [1]
+    assert await migrate(empty_database) == ALL
     assert await migrate(empty_database) == []
-    rows = await fetch(empty_database, "SELECT version, name FROM schema_migration")
-    assert rows == [(1, "initial")]
-    assert [(v, n) for v, n, _ in migrations()] == [(1, "initial")]
+    rows = await fetch(empty_database, "SELECT version, name FROM schema_migration ORDER BY 1")
+    assert rows == [(1, "initial"), (2, "retry_plans")]
+    assert [(v, n) for v, n, _ in migrations()] == rows
 
 
 async def test_migrated_database_has_the_seed_rows(empty_database: str) -> None:
     await migrate(empty_database)
-    assert await fetch(empty_database, "SELECT code, max_attempts FROM retry_schedule") == [
-        ("refund-default", 5)
+    schedules = "SELECT code, max_attempts, timing FROM retry_schedule ORDER BY code"
+    assert await fetch(empty_database, schedules) == [
+        ("payment-fixed", 5, "FIXED"),
+        ("payment-smart", 8, "SMART"),
+        ("refund-default", 5, "FIXED"),
     ]
     assert await fetch(empty_database, "SELECT version, updated_by FROM refund_policy") == [
         (0, "system:migration")
@@ -69,9 +74,10 @@ async def test_migrated_database_has_the_seed_rows(empty_database: str) -> None:
 
 async def test_concurrent_migrations_apply_version_1_exactly_once(empty_database: str) -> None:
     results = await asyncio.gather(*(migrate(empty_database) for _ in range(5)))
-    assert sorted(results, key=len, reverse=True) == [[1], [], [], [], []]
-    assert [v for applied in results for v in applied] == [1]
-    assert await fetch(empty_database, "SELECT version FROM schema_migration") == [(1,)]
+    assert sorted(results, key=len, reverse=True) == [ALL, [], [], [], []]
+    assert [v for applied in results for v in applied] == ALL
+    versions = await fetch(empty_database, "SELECT version FROM schema_migration ORDER BY 1")
+    assert versions == [(v,) for v in ALL]
 
 
 async def test_concurrent_migrations_leave_no_advisory_lock(empty_database: str) -> None:
@@ -119,7 +125,7 @@ async def test_cli_migrate_creates_the_database_then_reports_up_to_date(
     url = url_of(unused_name)
     code, out, err = await run_migrate_cli(url)
     assert code == 0, err
-    assert out.strip() == "created the database; applied migrations [1]"
+    assert out.strip() == f"created the database; applied migrations {ALL}"
     assert await database_exists(unused_name)
     code, out, err = await run_migrate_cli(url)
     assert code == 0, err

@@ -67,8 +67,15 @@ async def test_every_grpcurl_example_in_the_readme_works(service: Service) -> No
             ids["LAST_REFUND_ID"] = body["refund"]["refund_id"]
             if '"items"' in line:
                 ids["REFUND_ID"] = body["refund"]["refund_id"]
+        if method == "RecordPaymentFailure":
+            ids["LAST_PLAN_ID"] = body["plan"]["plan_id"]
+            ids.setdefault("PLAN_ID", body["plan"]["plan_id"])
 
     assert outputs["RunBillingJob"]["summary"]["refunds_succeeded"] == 2
+    assert outputs["RetryNow"]["plan"]["status"] == "RETRY_PLAN_STATUS_RECOVERED"
+    assert outputs["RetryNow"]["attempt"]["payment_method_id"] == "pm_visa_4242"
+    assert outputs["CancelRetryPlan"]["plan"]["status"] == "RETRY_PLAN_STATUS_CANCELED"
+    assert outputs["RecordPaymentFailure"]["decision"]["reason"]
     assert outputs["Reconcile"]["balanced"] is True
     assert outputs["VerifyAuditChain"]["intact"] is True
     actions = [e["action"] for e in outputs["ListAuditEvents"]["audit_events"]]

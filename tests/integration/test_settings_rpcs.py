@@ -21,6 +21,9 @@ from tests.integration.conftest import Client
 
 RS = refund_pb2.RefundStatus
 
+# The schedules the migrations seed.
+SEEDED = {"payment-fixed", "payment-smart", "refund-default"}
+
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -484,7 +487,7 @@ async def test_create_schedule_and_list_it(client: Client) -> None:
     assert created.description == "soft declines"
     assert created.HasField("create_time")
     listed = {s.code: s for s in (await list_schedules(client)).schedules}
-    assert set(listed) == {"card-soft", "refund-default"}
+    assert set(listed) == {"card-soft", *SEEDED}
     assert seconds(listed["card-soft"]) == [300, 3600]
     (event,) = await audit_events(client, "retry_schedule", "card-soft")
     assert (event.action, event.actor) == ("retry_schedule.created", "ops@example.com")
@@ -516,7 +519,7 @@ async def test_create_replays_the_same_request_id(client: Client) -> None:
         grpc.StatusCode.ALREADY_EXISTS,
     )
     codes = [s.code for s in (await list_schedules(client)).schedules]
-    assert codes == ["refund-default", "replayed"]
+    assert codes == sorted([*SEEDED, "replayed"])
 
 
 @pytest.mark.parametrize(
@@ -544,7 +547,7 @@ async def test_invalid_schedule_is_invalid_argument_naming_the_field(
     assert field in (error.details() or "")
     assert bad_request_fields(error) == [field]
     codes = [s.code for s in (await list_schedules(client)).schedules]
-    assert codes == ["refund-default"]
+    assert codes == sorted(SEEDED)
 
 
 async def test_update_with_mask_changes_only_those_fields(client: Client) -> None:
@@ -580,7 +583,7 @@ async def test_update_unknown_code_is_not_found(client: Client) -> None:
         grpc.StatusCode.NOT_FOUND,
     )
     codes = [s.code for s in (await list_schedules(client)).schedules]
-    assert codes == ["refund-default"]
+    assert codes == sorted(SEEDED)
 
 
 async def test_update_with_invalid_values_changes_nothing(client: Client) -> None:
@@ -614,19 +617,22 @@ async def test_paging_with_page_size_1_walks_every_schedule_once(client: Client)
         if not token:
             break
         assert pages < 20, "paging does not end"
-    expected = sorted(["a-daily", "b-weekly", "c-hourly", "refund-default", "z_last"])
+    expected = sorted(["a-daily", "b-weekly", "c-hourly", *SEEDED, "z_last"])
     assert seen == expected
     assert pages == len(expected)
 
 
 async def test_paging_with_page_size_2(client: Client) -> None:
-    for code in ("p1", "p2", "p3"):
+    for code in ("z1", "z2", "z3"):
         await create_schedule(client, schedule_message(code))
+    every = sorted([*SEEDED, "z1", "z2", "z3"])
     first = await list_schedules(client, page_size=2)
-    assert [s.code for s in first.schedules] == ["p1", "p2"]
+    assert [s.code for s in first.schedules] == every[:2]
     second = await list_schedules(client, page_size=2, page_token=first.next_page_token)
-    assert [s.code for s in second.schedules] == ["p3", "refund-default"]
-    assert second.next_page_token == ""
+    assert [s.code for s in second.schedules] == every[2:4]
+    third = await list_schedules(client, page_size=2, page_token=second.next_page_token)
+    assert [s.code for s in third.schedules] == every[4:6]
+    assert third.next_page_token == ""
 
 
 @pytest.mark.parametrize("token", ["t-reader", "t-billing", "t-alice"])
@@ -642,7 +648,7 @@ async def test_callers_without_retry_manage_cannot_create_or_update(
         grpc.StatusCode.PERMISSION_DENIED,
     )
     listed = {s.code: s for s in (await list_schedules(client)).schedules}
-    assert set(listed) == {"refund-default"}
+    assert set(listed) == SEEDED
     assert listed["refund-default"].max_attempts == 5
 
 

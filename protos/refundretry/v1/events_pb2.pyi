@@ -9,6 +9,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from refundretry.v1 import payment_pb2 as _payment_pb2
 from refundretry.v1 import refund_pb2 as _refund_pb2
 from refundretry.v1 import refund_policy_pb2 as _refund_policy_pb2
+from refundretry.v1 import retry_plan_pb2 as _retry_plan_pb2
 from refundretry.v1 import retry_schedule_pb2 as _retry_schedule_pb2
 import builtins as _builtins
 import sys
@@ -45,6 +46,11 @@ class Event(_message.Message):
     REFUND_POLICY_UPDATED_FIELD_NUMBER: _builtins.int
     RETRY_SCHEDULE_CHANGED_FIELD_NUMBER: _builtins.int
     REFUND_REQUIRES_ACTION_FIELD_NUMBER: _builtins.int
+    RETRY_SCHEDULED_FIELD_NUMBER: _builtins.int
+    RETRY_ATTEMPTED_FIELD_NUMBER: _builtins.int
+    PAYMENT_RECOVERED_FIELD_NUMBER: _builtins.int
+    RETRY_PLAN_EXHAUSTED_FIELD_NUMBER: _builtins.int
+    RETRY_PLAN_CHANGED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id; a redelivered event keeps it."""
     type: _builtins.str
@@ -78,6 +84,16 @@ class Event(_message.Message):
     def retry_schedule_changed(self) -> Global___RetryScheduleChanged: ...
     @_builtins.property
     def refund_requires_action(self) -> Global___RefundRequiresAction: ...
+    @_builtins.property
+    def retry_scheduled(self) -> Global___RetryScheduled: ...
+    @_builtins.property
+    def retry_attempted(self) -> Global___RetryAttempted: ...
+    @_builtins.property
+    def payment_recovered(self) -> Global___PaymentRecovered: ...
+    @_builtins.property
+    def retry_plan_exhausted(self) -> Global___RetryPlanExhausted: ...
+    @_builtins.property
+    def retry_plan_changed(self) -> Global___RetryPlanChanged: ...
     def __init__(
         self,
         *,
@@ -99,12 +115,17 @@ class Event(_message.Message):
         refund_policy_updated: Global___RefundPolicyUpdated | None = ...,
         retry_schedule_changed: Global___RetryScheduleChanged | None = ...,
         refund_requires_action: Global___RefundRequiresAction | None = ...,
+        retry_scheduled: Global___RetryScheduled | None = ...,
+        retry_attempted: Global___RetryAttempted | None = ...,
+        payment_recovered: Global___PaymentRecovered | None = ...,
+        retry_plan_exhausted: Global___RetryPlanExhausted | None = ...,
+        retry_plan_changed: Global___RetryPlanChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time", "payload", b"payload", "payment_recorded", b"payment_recorded", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_schedule_changed", b"retry_schedule_changed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time", "payload", b"payload", "payment_recorded", b"payment_recorded", "payment_recovered", b"payment_recovered", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_attempted", b"retry_attempted", "retry_plan_changed", b"retry_plan_changed", "retry_plan_exhausted", b"retry_plan_exhausted", "retry_schedule_changed", b"retry_schedule_changed", "retry_scheduled", b"retry_scheduled"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "event_id", b"event_id", "occur_time", b"occur_time", "payload", b"payload", "payment_recorded", b"payment_recorded", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_schedule_changed", b"retry_schedule_changed", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "event_id", b"event_id", "occur_time", b"occur_time", "payload", b"payload", "payment_recorded", b"payment_recorded", "payment_recovered", b"payment_recovered", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_attempted", b"retry_attempted", "retry_plan_changed", b"retry_plan_changed", "retry_plan_exhausted", b"retry_plan_exhausted", "retry_schedule_changed", b"retry_schedule_changed", "retry_scheduled", b"retry_scheduled", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_recorded", "refund_created", "refund_approved", "refund_rejected", "refund_canceled", "refund_processing", "refund_succeeded", "refund_failed", "refund_attempt_failed", "refund_policy_updated", "retry_schedule_changed", "refund_requires_action"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_recorded", "refund_created", "refund_approved", "refund_rejected", "refund_canceled", "refund_processing", "refund_succeeded", "refund_failed", "refund_attempt_failed", "refund_policy_updated", "retry_schedule_changed", "refund_requires_action", "retry_scheduled", "retry_attempted", "payment_recovered", "retry_plan_exhausted", "retry_plan_changed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -403,3 +424,139 @@ class RetryScheduleChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetryScheduleChanged: _TypeAlias = RetryScheduleChanged  # noqa: Y015
+
+@_typing.final
+class RetryScheduled(_message.Message):
+    """A retry plan's next step was decided ("retry.scheduled"): an attempt time, waiting for a
+    new payment method, or stop.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> _retry_plan_pb2.RetryPlan: ...
+    @_builtins.property
+    def decision(self) -> _retry_plan_pb2.RetryDecision: ...
+    def __init__(
+        self,
+        *,
+        plan: _retry_plan_pb2.RetryPlan | None = ...,
+        decision: _retry_plan_pb2.RetryDecision | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryScheduled: _TypeAlias = RetryScheduled  # noqa: Y015
+
+@_typing.final
+class RetryAttempted(_message.Message):
+    """An attempt finished ("retry.attempted"); will_retry and next_attempt_time say what follows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    WILL_RETRY_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    will_retry: _builtins.bool
+    @_builtins.property
+    def plan(self) -> _retry_plan_pb2.RetryPlan: ...
+    @_builtins.property
+    def attempt(self) -> _retry_plan_pb2.PaymentAttempt: ...
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        plan: _retry_plan_pb2.RetryPlan | None = ...,
+        attempt: _retry_plan_pb2.PaymentAttempt | None = ...,
+        will_retry: _builtins.bool = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "next_attempt_time", b"next_attempt_time", "plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "next_attempt_time", b"next_attempt_time", "plan", b"plan", "will_retry", b"will_retry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryAttempted: _TypeAlias = RetryAttempted  # noqa: Y015
+
+@_typing.final
+class PaymentRecovered(_message.Message):
+    """The money came in ("payment.recovered"), by a retry or because the customer paid another way."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    RECOVERED_BY_FIELD_NUMBER: _builtins.int
+    recovered_by: _builtins.str
+    """"retry" or "payment"."""
+    @_builtins.property
+    def plan(self) -> _retry_plan_pb2.RetryPlan: ...
+    def __init__(
+        self,
+        *,
+        plan: _retry_plan_pb2.RetryPlan | None = ...,
+        recovered_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "recovered_by", b"recovered_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentRecovered: _TypeAlias = PaymentRecovered  # noqa: Y015
+
+@_typing.final
+class RetryPlanExhausted(_message.Message):
+    """No attempt is left ("retry.exhausted")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    @_builtins.property
+    def plan(self) -> _retry_plan_pb2.RetryPlan: ...
+    def __init__(
+        self,
+        *,
+        plan: _retry_plan_pb2.RetryPlan | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryPlanExhausted: _TypeAlias = RetryPlanExhausted  # noqa: Y015
+
+@_typing.final
+class RetryPlanChanged(_message.Message):
+    """Paused, resumed, canceled, or a payment method added ("retry.paused", "retry.resumed",
+    "retry.canceled", "retry.payment_method_added").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> _retry_plan_pb2.RetryPlan: ...
+    def __init__(
+        self,
+        *,
+        plan: _retry_plan_pb2.RetryPlan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryPlanChanged: _TypeAlias = RetryPlanChanged  # noqa: Y015

@@ -15,6 +15,7 @@ from refundretry.v1 import money_pb2 as _money_pb2
 from refundretry.v1 import payment_pb2 as _payment_pb2
 from refundretry.v1 import refund_pb2 as _refund_pb2
 from refundretry.v1 import refund_policy_pb2 as _refund_policy_pb2
+from refundretry.v1 import retry_plan_pb2 as _retry_plan_pb2
 from refundretry.v1 import retry_schedule_pb2 as _retry_schedule_pb2
 import builtins as _builtins
 import sys
@@ -732,6 +733,7 @@ class BillingJobSummary(_message.Message):
     OUTCOMES_UNKNOWN_FIELD_NUMBER: _builtins.int
     ELAPSED_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
+    PAYMENT_RETRIES_FIELD_NUMBER: _builtins.int
     refunds_claimed: _builtins.int
     refunds_succeeded: _builtins.int
     refunds_pending_at_gateway: _builtins.int
@@ -748,6 +750,10 @@ class BillingJobSummary(_message.Message):
     """
     @_builtins.property
     def elapsed(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def payment_retries(self) -> Global___PaymentRetrySummary:
+        """Payment retries run by the same job (process_due_retries)."""
+
     def __init__(
         self,
         *,
@@ -760,14 +766,59 @@ class BillingJobSummary(_message.Message):
         outcomes_unknown: _builtins.int = ...,
         elapsed: _duration_pb2.Duration | None = ...,
         errors: _builtins.int = ...,
+        payment_retries: Global___PaymentRetrySummary | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["elapsed", b"elapsed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["elapsed", b"elapsed", "payment_retries", b"payment_retries"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed", b"elapsed", "errors", b"errors", "outcomes_unknown", b"outcomes_unknown", "refunds_claimed", b"refunds_claimed", "refunds_failed", b"refunds_failed", "refunds_pending_at_gateway", b"refunds_pending_at_gateway", "refunds_requires_action", b"refunds_requires_action", "refunds_succeeded", b"refunds_succeeded", "retries_scheduled", b"retries_scheduled"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed", b"elapsed", "errors", b"errors", "outcomes_unknown", b"outcomes_unknown", "payment_retries", b"payment_retries", "refunds_claimed", b"refunds_claimed", "refunds_failed", b"refunds_failed", "refunds_pending_at_gateway", b"refunds_pending_at_gateway", "refunds_requires_action", b"refunds_requires_action", "refunds_succeeded", b"refunds_succeeded", "retries_scheduled", b"retries_scheduled"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BillingJobSummary: _TypeAlias = BillingJobSummary  # noqa: Y015
+
+@_typing.final
+class PaymentRetrySummary(_message.Message):
+    """What one billing job run did with payment retry plans."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLANS_CLAIMED_FIELD_NUMBER: _builtins.int
+    RECOVERED_FIELD_NUMBER: _builtins.int
+    RESCHEDULED_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_CUSTOMER_FIELD_NUMBER: _builtins.int
+    EXHAUSTED_FIELD_NUMBER: _builtins.int
+    BLOCKED_BY_RULES_FIELD_NUMBER: _builtins.int
+    OUTCOMES_UNKNOWN_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    plans_claimed: _builtins.int
+    recovered: _builtins.int
+    rescheduled: _builtins.int
+    """Declined and scheduled again."""
+    waiting_for_customer: _builtins.int
+    exhausted: _builtins.int
+    blocked_by_rules: _builtins.int
+    """Moved by a card-network rule checked right before the attempt."""
+    outcomes_unknown: _builtins.int
+    errors: _builtins.int
+    def __init__(
+        self,
+        *,
+        plans_claimed: _builtins.int = ...,
+        recovered: _builtins.int = ...,
+        rescheduled: _builtins.int = ...,
+        waiting_for_customer: _builtins.int = ...,
+        exhausted: _builtins.int = ...,
+        blocked_by_rules: _builtins.int = ...,
+        outcomes_unknown: _builtins.int = ...,
+        errors: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_by_rules", b"blocked_by_rules", "errors", b"errors", "exhausted", b"exhausted", "outcomes_unknown", b"outcomes_unknown", "plans_claimed", b"plans_claimed", "recovered", b"recovered", "rescheduled", b"rescheduled", "waiting_for_customer", b"waiting_for_customer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentRetrySummary: _TypeAlias = PaymentRetrySummary  # noqa: Y015
 
 @_typing.final
 class RunBillingJobResponse(_message.Message):
@@ -1009,3 +1060,443 @@ class ReconcileResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReconcileResponse: _TypeAlias = ReconcileResponse  # noqa: Y015
+
+@_typing.final
+class RecordPaymentFailureRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    BILLING_EVENT_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    GATEWAY_FIELD_NUMBER: _builtins.int
+    PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
+    DECLINE_FIELD_NUMBER: _builtins.int
+    FAILURE_TIME_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    WALLET_FIELD_NUMBER: _builtins.int
+    RETRY_SCHEDULE_CODE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    payment_id: _builtins.str
+    """The failed payment's id in the billing system; one open plan per payment."""
+    billing_event_id: _builtins.str
+    customer_id: _builtins.str
+    subscription_id: _builtins.str
+    gateway: _builtins.str
+    """"sandbox" or "stripe"."""
+    time_zone: _builtins.str
+    """IANA time zone of the customer; "UTC" when empty."""
+    retry_schedule_code: _builtins.str
+    """"payment-fixed" when empty."""
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money: ...
+    @_builtins.property
+    def payment_method(self) -> _retry_plan_pb2.PaymentMethod:
+        """The payment method that was declined."""
+
+    @_builtins.property
+    def decline(self) -> _retry_plan_pb2.Decline: ...
+    @_builtins.property
+    def failure_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def wallet(self) -> _containers.RepeatedCompositeFieldContainer[_retry_plan_pb2.PaymentMethod]:
+        """Other payment methods on file, tried per the schedule's wallet policy."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        payment_id: _builtins.str = ...,
+        billing_event_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        subscription_id: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+        gateway: _builtins.str = ...,
+        payment_method: _retry_plan_pb2.PaymentMethod | None = ...,
+        decline: _retry_plan_pb2.Decline | None = ...,
+        failure_time: _timestamp_pb2.Timestamp | None = ...,
+        time_zone: _builtins.str = ...,
+        wallet: _abc.Iterable[_retry_plan_pb2.PaymentMethod] | None = ...,
+        retry_schedule_code: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "decline", b"decline", "failure_time", b"failure_time", "payment_method", b"payment_method"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "billing_event_id", b"billing_event_id", "customer_id", b"customer_id", "decline", b"decline", "failure_time", b"failure_time", "gateway", b"gateway", "metadata", b"metadata", "payment_id", b"payment_id", "payment_method", b"payment_method", "request_id", b"request_id", "retry_schedule_code", b"retry_schedule_code", "subscription_id", b"subscription_id", "time_zone", b"time_zone", "wallet", b"wallet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordPaymentFailureRequest: _TypeAlias = RecordPaymentFailureRequest  # noqa: Y015
+
+@_typing.final
+class RecordPaymentFailureResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> _retry_plan_pb2.RetryPlan: ...
+    @_builtins.property
+    def decision(self) -> _retry_plan_pb2.RetryDecision:
+        """The decision this failure led to."""
+
+    def __init__(
+        self,
+        *,
+        plan: _retry_plan_pb2.RetryPlan | None = ...,
+        decision: _retry_plan_pb2.RetryDecision | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordPaymentFailureResponse: _TypeAlias = RecordPaymentFailureResponse  # noqa: Y015
+
+@_typing.final
+class GetRetryPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    plan_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        plan_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan_id", b"plan_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRetryPlanRequest: _TypeAlias = GetRetryPlanRequest  # noqa: Y015
+
+@_typing.final
+class GetRetryPlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> _retry_plan_pb2.RetryPlan: ...
+    def __init__(
+        self,
+        *,
+        plan: _retry_plan_pb2.RetryPlan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRetryPlanResponse: _TypeAlias = GetRetryPlanResponse  # noqa: Y015
+
+@_typing.final
+class ListRetryPlansRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    status: _retry_plan_pb2.RetryPlanStatus.ValueType
+    customer_id: _builtins.str
+    subscription_id: _builtins.str
+    payment_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        status: _retry_plan_pb2.RetryPlanStatus.ValueType = ...,
+        customer_id: _builtins.str = ...,
+        subscription_id: _builtins.str = ...,
+        payment_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "page_size", b"page_size", "page_token", b"page_token", "payment_id", b"payment_id", "status", b"status", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRetryPlansRequest: _TypeAlias = ListRetryPlansRequest  # noqa: Y015
+
+@_typing.final
+class ListRetryPlansResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLANS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def plans(self) -> _containers.RepeatedCompositeFieldContainer[_retry_plan_pb2.RetryPlan]: ...
+    def __init__(
+        self,
+        *,
+        plans: _abc.Iterable[_retry_plan_pb2.RetryPlan] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "plans", b"plans"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRetryPlansResponse: _TypeAlias = ListRetryPlansResponse  # noqa: Y015
+
+@_typing.final
+class PauseRetryPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    plan_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        plan_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan_id", b"plan_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseRetryPlanRequest: _TypeAlias = PauseRetryPlanRequest  # noqa: Y015
+
+@_typing.final
+class PauseRetryPlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> _retry_plan_pb2.RetryPlan: ...
+    def __init__(
+        self,
+        *,
+        plan: _retry_plan_pb2.RetryPlan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseRetryPlanResponse: _TypeAlias = PauseRetryPlanResponse  # noqa: Y015
+
+@_typing.final
+class ResumeRetryPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    plan_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        plan_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan_id", b"plan_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeRetryPlanRequest: _TypeAlias = ResumeRetryPlanRequest  # noqa: Y015
+
+@_typing.final
+class ResumeRetryPlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> _retry_plan_pb2.RetryPlan: ...
+    def __init__(
+        self,
+        *,
+        plan: _retry_plan_pb2.RetryPlan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeRetryPlanResponse: _TypeAlias = ResumeRetryPlanResponse  # noqa: Y015
+
+@_typing.final
+class CancelRetryPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    plan_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        plan_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan_id", b"plan_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRetryPlanRequest: _TypeAlias = CancelRetryPlanRequest  # noqa: Y015
+
+@_typing.final
+class CancelRetryPlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> _retry_plan_pb2.RetryPlan: ...
+    def __init__(
+        self,
+        *,
+        plan: _retry_plan_pb2.RetryPlan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRetryPlanResponse: _TypeAlias = CancelRetryPlanResponse  # noqa: Y015
+
+@_typing.final
+class RetryNowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    plan_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        plan_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan_id", b"plan_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryNowRequest: _TypeAlias = RetryNowRequest  # noqa: Y015
+
+@_typing.final
+class RetryNowResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> _retry_plan_pb2.RetryPlan: ...
+    @_builtins.property
+    def attempt(self) -> _retry_plan_pb2.PaymentAttempt:
+        """The attempt made."""
+
+    def __init__(
+        self,
+        *,
+        plan: _retry_plan_pb2.RetryPlan | None = ...,
+        attempt: _retry_plan_pb2.PaymentAttempt | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryNowResponse: _TypeAlias = RetryNowResponse  # noqa: Y015
+
+@_typing.final
+class AddPaymentMethodRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    plan_id: _builtins.str
+    @_builtins.property
+    def payment_method(self) -> _retry_plan_pb2.PaymentMethod: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        plan_id: _builtins.str = ...,
+        payment_method: _retry_plan_pb2.PaymentMethod | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payment_method", b"payment_method"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment_method", b"payment_method", "plan_id", b"plan_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddPaymentMethodRequest: _TypeAlias = AddPaymentMethodRequest  # noqa: Y015
+
+@_typing.final
+class AddPaymentMethodResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> _retry_plan_pb2.RetryPlan: ...
+    def __init__(
+        self,
+        *,
+        plan: _retry_plan_pb2.RetryPlan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddPaymentMethodResponse: _TypeAlias = AddPaymentMethodResponse  # noqa: Y015

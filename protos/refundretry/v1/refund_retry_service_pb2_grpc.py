@@ -109,6 +109,46 @@ class RefundRetryServiceStub:
                 request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.RunBillingJobRequest.SerializeToString,
                 response_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.RunBillingJobResponse.FromString,
                 _registered_method=True)
+        self.RecordPaymentFailure = channel.unary_unary(
+                '/refundretry.v1.RefundRetryService/RecordPaymentFailure',
+                request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.RecordPaymentFailureRequest.SerializeToString,
+                response_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.RecordPaymentFailureResponse.FromString,
+                _registered_method=True)
+        self.GetRetryPlan = channel.unary_unary(
+                '/refundretry.v1.RefundRetryService/GetRetryPlan',
+                request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.GetRetryPlanRequest.SerializeToString,
+                response_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.GetRetryPlanResponse.FromString,
+                _registered_method=True)
+        self.ListRetryPlans = channel.unary_unary(
+                '/refundretry.v1.RefundRetryService/ListRetryPlans',
+                request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ListRetryPlansRequest.SerializeToString,
+                response_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ListRetryPlansResponse.FromString,
+                _registered_method=True)
+        self.PauseRetryPlan = channel.unary_unary(
+                '/refundretry.v1.RefundRetryService/PauseRetryPlan',
+                request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.PauseRetryPlanRequest.SerializeToString,
+                response_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.PauseRetryPlanResponse.FromString,
+                _registered_method=True)
+        self.ResumeRetryPlan = channel.unary_unary(
+                '/refundretry.v1.RefundRetryService/ResumeRetryPlan',
+                request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ResumeRetryPlanRequest.SerializeToString,
+                response_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ResumeRetryPlanResponse.FromString,
+                _registered_method=True)
+        self.CancelRetryPlan = channel.unary_unary(
+                '/refundretry.v1.RefundRetryService/CancelRetryPlan',
+                request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.CancelRetryPlanRequest.SerializeToString,
+                response_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.CancelRetryPlanResponse.FromString,
+                _registered_method=True)
+        self.RetryNow = channel.unary_unary(
+                '/refundretry.v1.RefundRetryService/RetryNow',
+                request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.RetryNowRequest.SerializeToString,
+                response_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.RetryNowResponse.FromString,
+                _registered_method=True)
+        self.AddPaymentMethod = channel.unary_unary(
+                '/refundretry.v1.RefundRetryService/AddPaymentMethod',
+                request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.AddPaymentMethodRequest.SerializeToString,
+                response_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.AddPaymentMethodResponse.FromString,
+                _registered_method=True)
         self.ListAuditEvents = channel.unary_unary(
                 '/refundretry.v1.RefundRetryService/ListAuditEvents',
                 request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ListAuditEventsRequest.SerializeToString,
@@ -223,6 +263,60 @@ class RefundRetryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordPaymentFailure(self, request, context):
+        """Records a failed payment: starts its retry plan (or advances the open one) and returns
+        the plan with its first decision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRetryPlan(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRetryPlans(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseRetryPlan(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRetryPlan(self, request, context):
+        """Resumes a paused plan with a fresh decision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRetryPlan(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryNow(self, request, context):
+        """Attempts the payment now; FAILED_PRECONDITION naming the rule when a card-network rule
+        forbids it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddPaymentMethod(self, request, context):
+        """Adds a payment method to a plan's wallet; a plan waiting for one is retried at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAuditEvents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -315,6 +409,46 @@ def add_RefundRetryServiceServicer_to_server(servicer, server):
                     servicer.RunBillingJob,
                     request_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.RunBillingJobRequest.FromString,
                     response_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.RunBillingJobResponse.SerializeToString,
+            ),
+            'RecordPaymentFailure': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordPaymentFailure,
+                    request_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.RecordPaymentFailureRequest.FromString,
+                    response_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.RecordPaymentFailureResponse.SerializeToString,
+            ),
+            'GetRetryPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRetryPlan,
+                    request_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.GetRetryPlanRequest.FromString,
+                    response_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.GetRetryPlanResponse.SerializeToString,
+            ),
+            'ListRetryPlans': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRetryPlans,
+                    request_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ListRetryPlansRequest.FromString,
+                    response_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ListRetryPlansResponse.SerializeToString,
+            ),
+            'PauseRetryPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRetryPlan,
+                    request_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.PauseRetryPlanRequest.FromString,
+                    response_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.PauseRetryPlanResponse.SerializeToString,
+            ),
+            'ResumeRetryPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRetryPlan,
+                    request_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ResumeRetryPlanRequest.FromString,
+                    response_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ResumeRetryPlanResponse.SerializeToString,
+            ),
+            'CancelRetryPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRetryPlan,
+                    request_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.CancelRetryPlanRequest.FromString,
+                    response_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.CancelRetryPlanResponse.SerializeToString,
+            ),
+            'RetryNow': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryNow,
+                    request_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.RetryNowRequest.FromString,
+                    response_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.RetryNowResponse.SerializeToString,
+            ),
+            'AddPaymentMethod': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddPaymentMethod,
+                    request_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.AddPaymentMethodRequest.FromString,
+                    response_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.AddPaymentMethodResponse.SerializeToString,
             ),
             'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAuditEvents,
@@ -715,6 +849,222 @@ class RefundRetryService:
             '/refundretry.v1.RefundRetryService/RunBillingJob',
             refundretry_dot_v1_dot_refund__retry__service__pb2.RunBillingJobRequest.SerializeToString,
             refundretry_dot_v1_dot_refund__retry__service__pb2.RunBillingJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordPaymentFailure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/refundretry.v1.RefundRetryService/RecordPaymentFailure',
+            refundretry_dot_v1_dot_refund__retry__service__pb2.RecordPaymentFailureRequest.SerializeToString,
+            refundretry_dot_v1_dot_refund__retry__service__pb2.RecordPaymentFailureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRetryPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/refundretry.v1.RefundRetryService/GetRetryPlan',
+            refundretry_dot_v1_dot_refund__retry__service__pb2.GetRetryPlanRequest.SerializeToString,
+            refundretry_dot_v1_dot_refund__retry__service__pb2.GetRetryPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRetryPlans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/refundretry.v1.RefundRetryService/ListRetryPlans',
+            refundretry_dot_v1_dot_refund__retry__service__pb2.ListRetryPlansRequest.SerializeToString,
+            refundretry_dot_v1_dot_refund__retry__service__pb2.ListRetryPlansResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRetryPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/refundretry.v1.RefundRetryService/PauseRetryPlan',
+            refundretry_dot_v1_dot_refund__retry__service__pb2.PauseRetryPlanRequest.SerializeToString,
+            refundretry_dot_v1_dot_refund__retry__service__pb2.PauseRetryPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRetryPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/refundretry.v1.RefundRetryService/ResumeRetryPlan',
+            refundretry_dot_v1_dot_refund__retry__service__pb2.ResumeRetryPlanRequest.SerializeToString,
+            refundretry_dot_v1_dot_refund__retry__service__pb2.ResumeRetryPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRetryPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/refundretry.v1.RefundRetryService/CancelRetryPlan',
+            refundretry_dot_v1_dot_refund__retry__service__pb2.CancelRetryPlanRequest.SerializeToString,
+            refundretry_dot_v1_dot_refund__retry__service__pb2.CancelRetryPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryNow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/refundretry.v1.RefundRetryService/RetryNow',
+            refundretry_dot_v1_dot_refund__retry__service__pb2.RetryNowRequest.SerializeToString,
+            refundretry_dot_v1_dot_refund__retry__service__pb2.RetryNowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddPaymentMethod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/refundretry.v1.RefundRetryService/AddPaymentMethod',
+            refundretry_dot_v1_dot_refund__retry__service__pb2.AddPaymentMethodRequest.SerializeToString,
+            refundretry_dot_v1_dot_refund__retry__service__pb2.AddPaymentMethodResponse.FromString,
             options,
             channel_credentials,
             insecure,

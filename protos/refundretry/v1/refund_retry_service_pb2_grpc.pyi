@@ -58,6 +58,22 @@ class RefundRetryServiceStub:
     ListRetrySchedules: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ListRetrySchedulesRequest, _refund_retry_service_pb2.ListRetrySchedulesResponse]
     RunBillingJob: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.RunBillingJobRequest, _refund_retry_service_pb2.RunBillingJobResponse]
     """Runs the billing job once: executes approved refunds and due retries."""
+    RecordPaymentFailure: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.RecordPaymentFailureRequest, _refund_retry_service_pb2.RecordPaymentFailureResponse]
+    """Records a failed payment: starts its retry plan (or advances the open one) and returns
+    the plan with its first decision.
+    """
+    GetRetryPlan: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.GetRetryPlanRequest, _refund_retry_service_pb2.GetRetryPlanResponse]
+    ListRetryPlans: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ListRetryPlansRequest, _refund_retry_service_pb2.ListRetryPlansResponse]
+    PauseRetryPlan: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.PauseRetryPlanRequest, _refund_retry_service_pb2.PauseRetryPlanResponse]
+    ResumeRetryPlan: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ResumeRetryPlanRequest, _refund_retry_service_pb2.ResumeRetryPlanResponse]
+    """Resumes a paused plan with a fresh decision."""
+    CancelRetryPlan: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.CancelRetryPlanRequest, _refund_retry_service_pb2.CancelRetryPlanResponse]
+    RetryNow: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.RetryNowRequest, _refund_retry_service_pb2.RetryNowResponse]
+    """Attempts the payment now; FAILED_PRECONDITION naming the rule when a card-network rule
+    forbids it.
+    """
+    AddPaymentMethod: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.AddPaymentMethodRequest, _refund_retry_service_pb2.AddPaymentMethodResponse]
+    """Adds a payment method to a plan's wallet; a plan waiting for one is retried at once."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ListAuditEventsRequest, _refund_retry_service_pb2.ListAuditEventsResponse]
     VerifyAuditChain: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.VerifyAuditChainRequest, _refund_retry_service_pb2.VerifyAuditChainResponse]
     """Recomputes the audit hash chain and names the first broken row."""
@@ -94,6 +110,22 @@ class RefundRetryServiceAsyncStub(RefundRetryServiceStub):
     ListRetrySchedules: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ListRetrySchedulesRequest, _refund_retry_service_pb2.ListRetrySchedulesResponse]  # type: ignore[assignment]
     RunBillingJob: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.RunBillingJobRequest, _refund_retry_service_pb2.RunBillingJobResponse]  # type: ignore[assignment]
     """Runs the billing job once: executes approved refunds and due retries."""
+    RecordPaymentFailure: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.RecordPaymentFailureRequest, _refund_retry_service_pb2.RecordPaymentFailureResponse]  # type: ignore[assignment]
+    """Records a failed payment: starts its retry plan (or advances the open one) and returns
+    the plan with its first decision.
+    """
+    GetRetryPlan: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.GetRetryPlanRequest, _refund_retry_service_pb2.GetRetryPlanResponse]  # type: ignore[assignment]
+    ListRetryPlans: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ListRetryPlansRequest, _refund_retry_service_pb2.ListRetryPlansResponse]  # type: ignore[assignment]
+    PauseRetryPlan: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.PauseRetryPlanRequest, _refund_retry_service_pb2.PauseRetryPlanResponse]  # type: ignore[assignment]
+    ResumeRetryPlan: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ResumeRetryPlanRequest, _refund_retry_service_pb2.ResumeRetryPlanResponse]  # type: ignore[assignment]
+    """Resumes a paused plan with a fresh decision."""
+    CancelRetryPlan: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.CancelRetryPlanRequest, _refund_retry_service_pb2.CancelRetryPlanResponse]  # type: ignore[assignment]
+    RetryNow: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.RetryNowRequest, _refund_retry_service_pb2.RetryNowResponse]  # type: ignore[assignment]
+    """Attempts the payment now; FAILED_PRECONDITION naming the rule when a card-network rule
+    forbids it.
+    """
+    AddPaymentMethod: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.AddPaymentMethodRequest, _refund_retry_service_pb2.AddPaymentMethodResponse]  # type: ignore[assignment]
+    """Adds a payment method to a plan's wallet; a plan waiting for one is retried at once."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ListAuditEventsRequest, _refund_retry_service_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     VerifyAuditChain: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.VerifyAuditChainRequest, _refund_retry_service_pb2.VerifyAuditChainResponse]  # type: ignore[assignment]
     """Recomputes the audit hash chain and names the first broken row."""
@@ -211,6 +243,70 @@ class RefundRetryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_refund_retry_service_pb2.RunBillingJobResponse, _abc.Awaitable[_refund_retry_service_pb2.RunBillingJobResponse]]:
         """Runs the billing job once: executes approved refunds and due retries."""
+
+    @_abc_1.abstractmethod
+    def RecordPaymentFailure(
+        self,
+        request: _refund_retry_service_pb2.RecordPaymentFailureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_refund_retry_service_pb2.RecordPaymentFailureResponse, _abc.Awaitable[_refund_retry_service_pb2.RecordPaymentFailureResponse]]:
+        """Records a failed payment: starts its retry plan (or advances the open one) and returns
+        the plan with its first decision.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRetryPlan(
+        self,
+        request: _refund_retry_service_pb2.GetRetryPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_refund_retry_service_pb2.GetRetryPlanResponse, _abc.Awaitable[_refund_retry_service_pb2.GetRetryPlanResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRetryPlans(
+        self,
+        request: _refund_retry_service_pb2.ListRetryPlansRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_refund_retry_service_pb2.ListRetryPlansResponse, _abc.Awaitable[_refund_retry_service_pb2.ListRetryPlansResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PauseRetryPlan(
+        self,
+        request: _refund_retry_service_pb2.PauseRetryPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_refund_retry_service_pb2.PauseRetryPlanResponse, _abc.Awaitable[_refund_retry_service_pb2.PauseRetryPlanResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ResumeRetryPlan(
+        self,
+        request: _refund_retry_service_pb2.ResumeRetryPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_refund_retry_service_pb2.ResumeRetryPlanResponse, _abc.Awaitable[_refund_retry_service_pb2.ResumeRetryPlanResponse]]:
+        """Resumes a paused plan with a fresh decision."""
+
+    @_abc_1.abstractmethod
+    def CancelRetryPlan(
+        self,
+        request: _refund_retry_service_pb2.CancelRetryPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_refund_retry_service_pb2.CancelRetryPlanResponse, _abc.Awaitable[_refund_retry_service_pb2.CancelRetryPlanResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RetryNow(
+        self,
+        request: _refund_retry_service_pb2.RetryNowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_refund_retry_service_pb2.RetryNowResponse, _abc.Awaitable[_refund_retry_service_pb2.RetryNowResponse]]:
+        """Attempts the payment now; FAILED_PRECONDITION naming the rule when a card-network rule
+        forbids it.
+        """
+
+    @_abc_1.abstractmethod
+    def AddPaymentMethod(
+        self,
+        request: _refund_retry_service_pb2.AddPaymentMethodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_refund_retry_service_pb2.AddPaymentMethodResponse, _abc.Awaitable[_refund_retry_service_pb2.AddPaymentMethodResponse]]:
+        """Adds a payment method to a plan's wallet; a plan waiting for one is retried at once."""
 
     @_abc_1.abstractmethod
     def ListAuditEvents(

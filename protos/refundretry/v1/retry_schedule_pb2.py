@@ -26,13 +26,19 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#refundretry/v1/retry_schedule.proto\x12\x0erefundretry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd8\x01\n\rRetrySchedule\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12,\n\tintervals\x18\x03 \x03(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#refundretry/v1/retry_schedule.proto\x12\x0erefundretry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n\x0c\x41llowedHours\x12\x12\n\nstart_hour\x18\x01 \x01(\x05\x12\x10\n\x08\x65nd_hour\x18\x02 \x01(\x05\"\x86\x03\n\rRetrySchedule\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12,\n\tintervals\x18\x03 \x03(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x06timing\x18\x07 \x01(\x0e\x32\x1b.refundretry.v1.RetryTiming\x12\x33\n\rallowed_hours\x18\x08 \x01(\x0b\x32\x1c.refundretry.v1.AllowedHours\x12\x15\n\rmax_span_days\x18\t \x01(\x05\x12\x33\n\rwallet_policy\x18\n \x01(\x0e\x32\x1c.refundretry.v1.WalletPolicy*[\n\x0bRetryTiming\x12\x1c\n\x18RETRY_TIMING_UNSPECIFIED\x10\x00\x12\x16\n\x12RETRY_TIMING_FIXED\x10\x01\x12\x16\n\x12RETRY_TIMING_SMART\x10\x02*\x86\x01\n\x0cWalletPolicy\x12\x1d\n\x19WALLET_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13WALLET_POLICY_NEVER\x10\x01\x12$\n WALLET_POLICY_AFTER_HARD_DECLINE\x10\x02\x12\x18\n\x14WALLET_POLICY_ROTATE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'refundretry.v1.retry_schedule_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RETRYSCHEDULE']._serialized_start=121
-  _globals['_RETRYSCHEDULE']._serialized_end=337
+  _globals['_RETRYTIMING']._serialized_start=567
+  _globals['_RETRYTIMING']._serialized_end=658
+  _globals['_WALLETPOLICY']._serialized_start=661
+  _globals['_WALLETPOLICY']._serialized_end=795
+  _globals['_ALLOWEDHOURS']._serialized_start=120
+  _globals['_ALLOWEDHOURS']._serialized_end=172
+  _globals['_RETRYSCHEDULE']._serialized_start=175
+  _globals['_RETRYSCHEDULE']._serialized_end=565
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,80 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RetryTiming:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RetryTimingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RetryTiming.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RETRY_TIMING_UNSPECIFIED: _RetryTiming.ValueType  # 0
+    RETRY_TIMING_FIXED: _RetryTiming.ValueType  # 1
+    """After intervals[n-1], moved into the allowed hours."""
+    RETRY_TIMING_SMART: _RetryTiming.ValueType  # 2
+    """The slot with the best observed success rate for the decline class (hour of day, day of
+    month, days since failure), no earlier than intervals[n-1].
+    """
+
+class RetryTiming(_RetryTiming, metaclass=_RetryTimingEnumTypeWrapper):
+    """How a schedule picks attempt times."""
+
+RETRY_TIMING_UNSPECIFIED: RetryTiming.ValueType  # 0
+RETRY_TIMING_FIXED: RetryTiming.ValueType  # 1
+"""After intervals[n-1], moved into the allowed hours."""
+RETRY_TIMING_SMART: RetryTiming.ValueType  # 2
+"""The slot with the best observed success rate for the decline class (hour of day, day of
+month, days since failure), no earlier than intervals[n-1].
+"""
+Global___RetryTiming: _TypeAlias = RetryTiming  # noqa: Y015
+
+class _WalletPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WalletPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WalletPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WALLET_POLICY_UNSPECIFIED: _WalletPolicy.ValueType  # 0
+    WALLET_POLICY_NEVER: _WalletPolicy.ValueType  # 1
+    WALLET_POLICY_AFTER_HARD_DECLINE: _WalletPolicy.ValueType  # 2
+    """Move to the next method when a decline forbids retrying the current one."""
+    WALLET_POLICY_ROTATE: _WalletPolicy.ValueType  # 3
+    """Also move to the next method after every soft decline."""
+
+class WalletPolicy(_WalletPolicy, metaclass=_WalletPolicyEnumTypeWrapper):
+    """Whether payment retries may use the customer's other payment methods."""
+
+WALLET_POLICY_UNSPECIFIED: WalletPolicy.ValueType  # 0
+WALLET_POLICY_NEVER: WalletPolicy.ValueType  # 1
+WALLET_POLICY_AFTER_HARD_DECLINE: WalletPolicy.ValueType  # 2
+"""Move to the next method when a decline forbids retrying the current one."""
+WALLET_POLICY_ROTATE: WalletPolicy.ValueType  # 3
+"""Also move to the next method after every soft decline."""
+Global___WalletPolicy: _TypeAlias = WalletPolicy  # noqa: Y015
+
+@_typing.final
+class AllowedHours(_message.Message):
+    """Local hours of the customer's day: [start_hour, end_hour); start > end wraps midnight."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_HOUR_FIELD_NUMBER: _builtins.int
+    END_HOUR_FIELD_NUMBER: _builtins.int
+    start_hour: _builtins.int
+    end_hour: _builtins.int
+    def __init__(
+        self,
+        *,
+        start_hour: _builtins.int = ...,
+        end_hour: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_hour", b"end_hour", "start_hour", b"start_hour"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllowedHours: _TypeAlias = AllowedHours  # noqa: Y015
 
 @_typing.final
 class RetrySchedule(_message.Message):
@@ -32,6 +107,10 @@ class RetrySchedule(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    TIMING_FIELD_NUMBER: _builtins.int
+    ALLOWED_HOURS_FIELD_NUMBER: _builtins.int
+    MAX_SPAN_DAYS_FIELD_NUMBER: _builtins.int
+    WALLET_POLICY_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """Stable code referenced by refund details and retry plans, e.g.
     "refund-default". Lower case letters, digits, '-' and '_'.
@@ -39,6 +118,11 @@ class RetrySchedule(_message.Message):
     description: _builtins.str
     max_attempts: _builtins.int
     """Total attempts allowed, the first one included."""
+    timing: Global___RetryTiming.ValueType
+    """Payment retries only (refund retries use intervals as they are)."""
+    max_span_days: _builtins.int
+    """Payment retries only: no attempt later than this many days after the first failure."""
+    wallet_policy: Global___WalletPolicy.ValueType
     @_builtins.property
     def intervals(self) -> _containers.RepeatedCompositeFieldContainer[_duration_pb2.Duration]:
         """Delay before retry n is intervals[n-1]; the last interval repeats."""
@@ -51,6 +135,10 @@ class RetrySchedule(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only."""
 
+    @_builtins.property
+    def allowed_hours(self) -> Global___AllowedHours:
+        """Payment retries only; any hour when unset."""
+
     def __init__(
         self,
         *,
@@ -60,10 +148,14 @@ class RetrySchedule(_message.Message):
         max_attempts: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        timing: Global___RetryTiming.ValueType = ...,
+        allowed_hours: Global___AllowedHours | None = ...,
+        max_span_days: _builtins.int = ...,
+        wallet_policy: Global___WalletPolicy.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allowed_hours", b"allowed_hours", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_time", b"create_time", "description", b"description", "intervals", b"intervals", "max_attempts", b"max_attempts", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hours", b"allowed_hours", "code", b"code", "create_time", b"create_time", "description", b"description", "intervals", b"intervals", "max_attempts", b"max_attempts", "max_span_days", b"max_span_days", "timing", b"timing", "update_time", b"update_time", "wallet_policy", b"wallet_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,274 @@
+"""Retry plans, their wallets, attempts, decisions and the success statistics."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from repository.database import Connection
+from repository.queries import Queries
+
+Q = Queries("retries")
+
+
+async def insert_plan(
+    conn: Connection,
+    *,
+    plan_id: uuid.UUID,
+    payment_id: str,
+    billing_event_id: str,
+    customer_id: str,
+    subscription_id: str,
+    currency: str,
+    amount: int,
+    gateway: str,
+    schedule_code: str,
+    time_zone: str,
+    first_failed_at: datetime,
+    metadata: dict[str, str],
+) -> None:
+    await conn.execute(
+        Q["insert_plan"],
+        plan_id,
+        payment_id,
+        billing_event_id,
+        customer_id,
+        subscription_id,
+        currency,
+        amount,
+        gateway,
+        schedule_code,
+        time_zone,
+        first_failed_at,
+        metadata,
+    )
+
+
+async def open_plan_for_payment(conn: Connection, payment_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(Q["open_plan_for_payment"], payment_id)
+
+
+async def lock(conn: Connection, plan_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(Q["lock_plan"], plan_id)
+
+
+async def add_method(
+    conn: Connection, plan_id: uuid.UUID, payment_method_id: str, network: str
+) -> int | None:
+    """The new method's position; None when the wallet already has it."""
+    position = await conn.fetchval(Q["add_method"], plan_id, payment_method_id, network)
+    return position if isinstance(position, int) else None
+
+
+async def methods(conn: Connection, plan_id: uuid.UUID) -> list[asyncpg.Record]:
+    return await conn.fetch(Q["methods"], plan_id)
+
+
+@dataclass(frozen=True, slots=True)
+class NewAttempt:
+    plan_id: uuid.UUID
+    attempt_number: int
+    source: str
+    attempted_at: datetime
+    payment_method_id: str
+    network: str
+    outcome: str
+    idempotency_key: str
+    local_hour: int
+    day_of_month: int
+    days_since_failure: int
+    retry_of_class: str = ""
+    decline_code: str = ""
+    visa_response_code: str = ""
+    mc_advice_code: str = ""
+    decline_class: str = ""
+    gateway_charge_id: str = ""
+    message: str = ""
+
+
+async def insert_attempt(conn: Connection, attempt: NewAttempt) -> uuid.UUID:
+    attempt_id = uuid.uuid4()
+    await conn.execute(
+        Q["insert_attempt"],
+        attempt_id,
+        attempt.plan_id,
+        attempt.attempt_number,
+        attempt.source,
+        attempt.attempted_at,
+        attempt.payment_method_id,
+        attempt.network,
+        attempt.outcome,
+        attempt.decline_code,
+        attempt.visa_response_code,
+        attempt.mc_advice_code,
+        attempt.decline_class,
+        attempt.retry_of_class,
+        attempt.gateway_charge_id,
+        attempt.idempotency_key,
+        attempt.message[:1000],
+        attempt.local_hour,
+        attempt.day_of_month,
+        attempt.days_since_failure,
+    )
+    return attempt_id
+
+
+async def finish_attempt(
+    conn: Connection,
+    attempt_id: uuid.UUID,
+    *,
+    outcome: str,
+    decline_code: str,
+    visa_response_code: str,
+    mc_advice_code: str,
+    decline_class: str,
+    gateway_charge_id: str,
+    message: str,
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        Q["finish_attempt"],
+        attempt_id,
+        outcome,
+        decline_code,
+        visa_response_code,
+        mc_advice_code,
+        decline_class,
+        gateway_charge_id,
+        message[:1000],
+    )
+
+
+async def open_attempt(conn: Connection, plan_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(Q["open_attempt"], plan_id)
+
+
+async def card_history(
+    conn: Connection, cards: Sequence[str], since: datetime
+) -> list[asyncpg.Record]:
+    return await conn.fetch(Q["card_history"], list(cards), since)
+
+
+async def add_decision(
+    conn: Connection,
+    plan_id: uuid.UUID,
+    *,
+    action: str,
+    next_attempt_at: datetime | None,
+    payment_method_id: str,
+    reason: str,
+    rule_ids: Sequence[str],
+    data: dict[str, Any],
+) -> int:
+    sequence = await conn.fetchval(Q["next_decision_sequence"], plan_id)
+    await conn.execute(
+        Q["insert_decision"],
+        plan_id,
+        sequence,
+        action,
+        next_attempt_at,
+        payment_method_id,
+        reason,
+        list(rule_ids),
+        data,
+    )
+    assert isinstance(sequence, int)
+    return sequence
+
+
+async def apply_decision(
+    conn: Connection,
+    plan_id: uuid.UUID,
+    *,
+    next_attempt_at: datetime | None,
+    method_index: int,
+    waiting_for_method: bool,
+    attempt_count: int,
+) -> None:
+    await conn.execute(
+        Q["apply_decision"],
+        plan_id,
+        next_attempt_at,
+        method_index,
+        waiting_for_method,
+        attempt_count,
+    )
+
+
+async def set_status(
+    conn: Connection, plan_id: uuid.UUID, target: str, sources: Sequence[str], reason: str
+) -> bool:
+    return await conn.fetchval(Q["set_status"], plan_id, target, list(sources), reason) is not None
+
+
+async def view(conn: Connection, plan_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(Q["view"], plan_id)
+
+
+async def list_views(
+    conn: Connection,
+    *,
+    status: str | None,
+    customer_id: str | None,
+    subscription_id: str | None,
+    payment_id: str | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        Q["list"],
+        status,
+        customer_id,
+        subscription_id,
+        payment_id,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
+    )
+
+
+async def open_plans_for(
+    conn: Connection, payment_id: str, billing_event_id: str
+) -> list[asyncpg.Record]:
+    return await conn.fetch(Q["open_plans_for_billing_event"], payment_id, billing_event_id)
+
+
+async def claim_due(
+    conn: Connection, *, due_by: datetime, limit: int, worker: str, lease_seconds: float
+) -> list[uuid.UUID]:
+    rows = await conn.fetch(Q["claim_due"], due_by, limit, worker, lease_seconds)
+    return [r["plan_id"] for r in rows]
+
+
+async def claim_plan(
+    conn: Connection, plan_id: uuid.UUID, worker: str, lease_seconds: float
+) -> None:
+    await conn.execute(Q["claim_plan"], plan_id, worker, lease_seconds)
+
+
+async def leased_plan(conn: Connection, plan_id: uuid.UUID, worker: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(Q["leased_plan"], plan_id, worker)
+
+
+async def release_lease(conn: Connection, plan_id: uuid.UUID, worker: str) -> None:
+    await conn.execute(Q["release_lease"], plan_id, worker)
+
+
+async def stats(conn: Connection) -> list[asyncpg.Record]:
+    return await conn.fetch(Q["stats"])
+
+
+async def stats_age(conn: Connection) -> timedelta:
+    age = await conn.fetchval(Q["stats_age"])
+    assert isinstance(age, timedelta)
+    return age
+
+
+async def refresh_stats(conn: Connection) -> None:
+    """Rebuild attempt_stats (call inside a transaction)."""
+    await conn.execute(Q["clear_stats"])
+    await conn.execute(Q["refresh_stats"])

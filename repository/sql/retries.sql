@@ -1,0 +1,155 @@
+-- name: insert_plan
+INSERT INTO retry_plan (plan_id, payment_id, billing_event_id, customer_id, subscription_id,
+                        currency, amount, gateway, schedule_code, time_zone, status,
+                        first_failed_at, metadata)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'ACTIVE', $11, $12);
+
+-- name: open_plan_for_payment
+SELECT * FROM retry_plan WHERE payment_id = $1 AND status IN ('ACTIVE', 'PAUSED') FOR UPDATE;
+
+-- name: lock_plan
+SELECT * FROM retry_plan WHERE plan_id = $1 FOR UPDATE;
+
+-- name: add_method
+-- Append a payment method to the wallet; nothing when it is already there.
+INSERT INTO plan_payment_method (plan_id, position, payment_method_id, network)
+SELECT $1, coalesce(max(position) + 1, 0), $2, $3 FROM plan_payment_method WHERE plan_id = $1
+ON CONFLICT (plan_id, payment_method_id) DO NOTHING
+RETURNING position;
+
+-- name: methods
+SELECT * FROM plan_payment_method WHERE plan_id = $1 ORDER BY position;
+
+-- name: insert_attempt
+INSERT INTO payment_attempt (attempt_id, plan_id, attempt_number, source, attempted_at,
+                             payment_method_id, network, outcome, decline_code,
+                             visa_response_code, mc_advice_code, decline_class, retry_of_class,
+                             gateway_charge_id, idempotency_key, message, local_hour,
+                             day_of_month, days_since_failure)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19);
+
+-- name: finish_attempt
+UPDATE payment_attempt
+   SET outcome = $2, decline_code = $3, visa_response_code = $4, mc_advice_code = $5,
+       decline_class = $6, gateway_charge_id = $7, message = $8
+ WHERE attempt_id = $1 AND outcome IN ('OPEN', 'UNKNOWN')
+RETURNING *;
+
+-- name: open_attempt
+SELECT * FROM payment_attempt
+ WHERE plan_id = $1 AND outcome IN ('OPEN', 'UNKNOWN')
+ ORDER BY attempt_number DESC LIMIT 1;
+
+-- name: card_history
+-- Attempts on these cards within the networks' longest window, from every plan.
+SELECT attempted_at, payment_method_id, network, outcome, decline_code, visa_response_code,
+       mc_advice_code
+  FROM payment_attempt
+ WHERE payment_method_id = ANY($1::text[]) AND attempted_at > $2
+ ORDER BY attempted_at;
+
+-- name: next_decision_sequence
+SELECT coalesce(max(sequence), 0) + 1 FROM retry_decision WHERE plan_id = $1;
+
+-- name: insert_decision
+INSERT INTO retry_decision (plan_id, sequence, action, next_attempt_at, payment_method_id,
+                            reason, rule_ids, data)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
+
+-- name: apply_decision
+UPDATE retry_plan
+   SET next_attempt_at = $2, method_index = $3, waiting_for_method = $4,
+       attempt_count = $5, updated_at = now()
+ WHERE plan_id = $1;
+
+-- name: set_status
+-- Guarded transition: no row back means the plan was in none of the allowed states.
+UPDATE retry_plan
+   SET status = $2, status_reason = $4, next_attempt_at = CASE WHEN $2 = 'ACTIVE'
+       THEN next_attempt_at ELSE NULL END, lease_owner = NULL, lease_expires_at = NULL,
+       updated_at = now()
+ WHERE plan_id = $1 AND status = ANY($3::text[])
+RETURNING status;
+
+-- name: view
+SELECT * FROM retry_plan_view WHERE plan_id = $1;
+
+-- name: list
+SELECT *
+  FROM retry_plan_view p
+ WHERE ($1::text IS NULL OR p.status = $1)
+   AND ($2::text IS NULL OR p.customer_id = $2)
+   AND ($3::text IS NULL OR p.subscription_id = $3)
+   AND ($4::text IS NULL OR p.payment_id = $4)
+   AND ($5::timestamptz IS NULL OR (p.created_at, p.plan_id) > ($5, $6::uuid))
+ ORDER BY p.created_at, p.plan_id
+ LIMIT $7;
+
+-- name: open_plans_for_billing_event
+SELECT * FROM retry_plan
+ WHERE status IN ('ACTIVE', 'PAUSED')
+   AND (payment_id = $1 OR ($2 <> '' AND billing_event_id = $2))
+   FOR UPDATE;
+
+-- name: claim_due
+-- Lease due plans; SKIP LOCKED lets any number of workers share them. A plan whose worker
+-- died (lease expired) is due again and its open attempt is replayed with the same key.
+WITH due AS (
+    SELECT plan_id FROM retry_plan
+     WHERE status = 'ACTIVE' AND next_attempt_at <= $1
+       AND (lease_expires_at IS NULL OR lease_expires_at < now())
+     ORDER BY next_attempt_at
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE retry_plan p
+   SET lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4)
+  FROM due
+ WHERE p.plan_id = due.plan_id
+RETURNING p.plan_id;
+
+-- name: claim_plan
+-- Lease one plan (RetryNow), in the caller's transaction that holds its row lock.
+UPDATE retry_plan SET lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3)
+ WHERE plan_id = $1
+RETURNING plan_id;
+
+-- name: leased_plan
+SELECT * FROM retry_plan WHERE plan_id = $1 AND lease_owner = $2 FOR UPDATE;
+
+-- name: release_lease
+UPDATE retry_plan SET lease_owner = NULL, lease_expires_at = NULL
+ WHERE plan_id = $1 AND lease_owner = $2;
+
+-- name: stats
+SELECT decline_class, dimension, bucket, attempts, successes FROM attempt_stats;
+
+-- name: stats_age
+SELECT now() - refreshed_at FROM attempt_stats_refresh WHERE id = 1;
+
+-- name: clear_stats
+-- Run with refresh_stats in one transaction; the lock keeps two refreshes from interleaving.
+WITH refreshed AS (
+    UPDATE attempt_stats_refresh SET refreshed_at = now() WHERE id = 1 RETURNING 1
+)
+DELETE FROM attempt_stats WHERE (SELECT count(*) FROM refreshed) >= 0;
+
+-- name: refresh_stats
+-- Rebuild the success rates of retries by the class of the decline they retried.
+WITH retried AS (
+    SELECT retry_of_class AS decline_class, local_hour, day_of_month,
+           least(days_since_failure, 60) AS days, (outcome = 'SUCCEEDED')::int AS ok
+      FROM payment_attempt
+     WHERE source <> 'FAILURE' AND retry_of_class <> '' AND outcome NOT IN ('OPEN', 'UNKNOWN')
+)
+INSERT INTO attempt_stats (decline_class, dimension, bucket, attempts, successes)
+SELECT decline_class, 'hour', local_hour, count(*), sum(ok) FROM retried
+ GROUP BY decline_class, local_hour
+UNION ALL
+SELECT decline_class, 'day_of_month', day_of_month, count(*), sum(ok) FROM retried
+ GROUP BY decline_class, day_of_month
+UNION ALL
+SELECT decline_class, 'days_since_failure', days, count(*), sum(ok) FROM retried
+ GROUP BY decline_class, days
+UNION ALL
+SELECT decline_class, 'overall', 0, count(*), sum(ok) FROM retried GROUP BY decline_class;

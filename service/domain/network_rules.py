@@ -1,0 +1,299 @@
+"""Card-network retry rules: may this card be charged at this time, given its history?
+
+The rules are data (:data:`RULES`, each with its source); :func:`check_attempt` and
+:func:`earliest_allowed` are pure functions of (card, network, time, history, limits).
+
+Conventions, the same in every rule:
+
+- Only the card's own attempts count (the same payment method id: same PAN, same merchant),
+  and only those at or before the time asked about: the history is what already happened.
+- A rolling window of length W at time t is (t - W, t]: an attempt made exactly W before t has
+  left it, so the earliest allowed time is "oldest counted attempt + W".
+- A Visa reattempt is any attempt on the card after its first decline (the first decline in
+  time; equal times keep the history's order). An approval does not restart the count.
+- Every decline's wait (MAC 24-30, 02) holds, not only the latest one's.
+- The Visa limit applies to a Visa card (this attempt's network or a past one's is VISA); the
+  daily limit and the never rules to every card, whatever its network.
+- The "never" rules (Visa category 1, MAC 03 and 21, a hard decline) hold for good. The networks
+  charge for retries within 30 days of such a decline; we read that conservatively as never,
+  so the violation's ``retry_at`` is None and :func:`earliest_allowed` returns None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from service.domain.decline_codes import CardNetwork, Classification
+from service.errors import InvalidArgument
+
+DAY = timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkRule:
+    rule_id: str
+    description: str
+    source: str
+
+
+# Checked in this order; the first rule an attempt breaks is the one reported.
+RULES: tuple[NetworkRule, ...] = (
+    NetworkRule(  # source: card-network-rules.md, "Visa: decline categories"
+        "visa.category1",
+        "after a Visa category-1 decline (issuer will never approve) the card is never "
+        "attempted again; Visa charges a fee for every such reattempt",
+        "card-network-rules.md, Visa decline categories (Visa rules in force since 2021)",
+    ),
+    NetworkRule(  # source: card-network-rules.md, "Mastercard: merchant advice codes"
+        "mastercard.mac.21",
+        "after MAC 21 (the cardholder stopped the recurring payment) the card is never "
+        "attempted again; Mastercard charges for retries within 30 days",
+        "card-network-rules.md, Mastercard merchant advice codes",
+    ),
+    NetworkRule(  # source: card-network-rules.md, "Mastercard: merchant advice codes"
+        "mastercard.mac.03",
+        "after MAC 03 (do not try again) the card is never attempted again; Mastercard "
+        "charges for retries within 30 days",
+        "card-network-rules.md, Mastercard merchant advice codes",
+    ),
+    NetworkRule(  # source: DESIGN.md section 3 step 1; card-network-rules.md, Stripe codes
+        "card.never_retry",
+        "after any other hard decline (lost, stolen, revoked, ...) the card is not attempted again",
+        "DESIGN.md, Retry plan, step 1 (hard: never retry)",
+    ),
+    NetworkRule(  # source: card-network-rules.md, "Mastercard: merchant advice codes"
+        "mastercard.mac.wait",
+        "after MAC 24-30 the card is not attempted before the decline time plus the code's "
+        "delay (1 h, 24 h, 2, 4, 6, 8, 10 days); MAC 02: 72 h",
+        "card-network-rules.md, Mastercard merchant advice codes (MAC 02: one processor)",
+    ),
+    NetworkRule(  # source: card-network-rules.md, "Visa: decline categories"
+        "visa.reattempt_limit",
+        "a Visa card is reattempted at most visa_max_reattempts times (default 15) in any "
+        "rolling visa_window (30 days) after its first decline",
+        "card-network-rules.md, Visa decline categories 2-4 (fees from the 16th reattempt)",
+    ),
+    NetworkRule(  # source: card-network-rules.md, "excessive authorization attempts"
+        "card.daily_limit",
+        "at most max_attempts_per_day attempts (default 20) on one card in any 24 hours, "
+        "whatever the network",
+        "card-network-rules.md, Mastercard excessive authorization attempts (US and Canada)",
+    ),
+)
+RULES_BY_ID: dict[str, NetworkRule] = {rule.rule_id: rule for rule in RULES}
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkLimits:
+    # Per card, rolling window. One unconfirmed source says 20 from April 2026: configurable.
+    visa_max_reattempts: int = 15
+    visa_window: timedelta = timedelta(days=30)
+    # MAC 03/21 forbid retries of the same card within it (we never retry: see the module doc).
+    mastercard_never_window: timedelta = timedelta(days=30)
+    # "Excessive authorization attempts": more than 20 on one card in 24 h.
+    max_attempts_per_day: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("visa_max_reattempts", "max_attempts_per_day"):
+            count: object = getattr(self, name)
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise InvalidArgument(f"network_limits.{name}", "must be a positive whole number")
+        for name in ("visa_window", "mastercard_never_window"):
+            window: object = getattr(self, name)
+            if not isinstance(window, timedelta) or window <= timedelta(0):
+                raise InvalidArgument(f"network_limits.{name}", "must be a positive duration")
+
+
+DEFAULT_LIMITS = NetworkLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class PastAttempt:
+    at: datetime  # aware
+    card: str  # payment method id (the card identity: same PAN, same merchant)
+    network: CardNetwork
+    approved: bool
+    classification: Classification | None  # None when approved
+
+    def __post_init__(self) -> None:
+        _require_aware(self.at, "attempt.at")
+        if self.approved and self.classification is not None:
+            raise InvalidArgument("attempt.classification", "must be empty for an approval")
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    rule_id: str  # one of RULES
+    message: str  # plain words naming the rule and the numbers
+    retry_at: datetime | None  # the earliest time the attempt would be allowed; None: never
+
+
+def check_attempt(
+    card: str,
+    network: CardNetwork,
+    at: datetime,
+    history: Sequence[PastAttempt],
+    limits: NetworkLimits = DEFAULT_LIMITS,
+) -> Violation | None:
+    """None when an attempt on ``card`` at ``at`` respects every rule given the card's history
+    (``history`` may hold other cards' attempts: they do not count); else the first rule it
+    breaks, with the earliest time every rule would allow (None: never)."""
+    _require_aware(at, "at")
+    refusal = _refusal(network, at, _card_history(card, history), limits)
+    if refusal is None:
+        return None
+    retry_at = None if refusal.never else earliest_allowed(card, network, at, history, limits)
+    return Violation(refusal.rule_id, refusal.message, retry_at)
+
+
+def earliest_allowed(
+    card: str,
+    network: CardNetwork,
+    after: datetime,
+    history: Sequence[PastAttempt],
+    limits: NetworkLimits = DEFAULT_LIMITS,
+) -> datetime | None:
+    """The first instant >= ``after`` at which :func:`check_attempt` returns None; None when
+    the card may never be retried.
+
+    Whether an attempt is allowed only changes when an attempt enters or leaves a window or a
+    wait ends, so the answer is ``after`` or one of those instants: each is tried in order."""
+    _require_aware(after, "after")
+    own = _card_history(card, history)
+    for candidate in [after, *_change_points(own, after, limits)]:
+        refusal = _refusal(network, candidate, own, limits)
+        if refusal is None:
+            return candidate
+        if refusal.never:
+            return None  # a never rule holds for good
+    return None  # unreachable: after the last change point every window and wait is over
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    rule_id: str
+    message: str
+    never: bool
+
+
+# (rule id, does this declined attempt's classification trigger it, what it means)
+_NEVER_RULES: tuple[tuple[str, Callable[[Classification], bool], str], ...] = (
+    ("visa.category1", lambda c: c.visa_category == 1, "Visa category 1"),
+    ("mastercard.mac.21", lambda c: "mastercard.mac.21" in c.rule_ids, "Mastercard MAC 21"),
+    ("mastercard.mac.03", lambda c: "mastercard.mac.03" in c.rule_ids, "Mastercard MAC 03"),
+    ("card.never_retry", lambda c: c.never_retry_card, "Hard decline"),
+)
+
+
+def _card_history(card: str, history: Sequence[PastAttempt]) -> list[PastAttempt]:
+    """The card's attempts, oldest first (equal times keep the history's order)."""
+    return sorted((a for a in history if a.card == card), key=lambda a: a.at)
+
+
+def _refusal(
+    network: CardNetwork, at: datetime, card_history: list[PastAttempt], limits: NetworkLimits
+) -> _Refusal | None:
+    """The first rule an attempt at ``at`` breaks, given the card's sorted history."""
+    own = [a for a in card_history if a.at <= at]
+    declines = [(a, a.classification) for a in own if not a.approved]
+    for rule_id, applies, label in _NEVER_RULES:
+        for attempt, classification in declines:
+            if classification is not None and applies(classification):
+                return _Refusal(rule_id, _never_message(label, attempt, limits), never=True)
+
+    waits = [
+        (attempt.at + c.earliest_retry_after, attempt, c)
+        for attempt, c in declines
+        if c is not None
+        and c.earliest_retry_after is not None
+        and at < attempt.at + c.earliest_retry_after
+    ]
+    if waits:
+        until, attempt, c = max(waits, key=lambda w: w[0])
+        assert c.earliest_retry_after is not None
+        return _Refusal(
+            "mastercard.mac.wait",
+            _wait_message(attempt, c.earliest_retry_after, until),
+            never=False,
+        )
+
+    if network is CardNetwork.VISA or any(a.network is CardNetwork.VISA for a in own):
+        first = next((i for i, a in enumerate(own) if not a.approved), None)
+        if first is not None:
+            counted = [a for a in own[first + 1 :] if a.at > at - limits.visa_window]
+            if len(counted) >= limits.visa_max_reattempts:
+                return _Refusal(
+                    "visa.reattempt_limit",
+                    f"Visa allows at most {limits.visa_max_reattempts} reattempts of a card in "
+                    f"{_duration(limits.visa_window)}; {len(counted)} were made since "
+                    f"{_when(counted[0].at)}",
+                    never=False,
+                )
+
+    recent = [a for a in own if a.at > at - DAY]
+    if len(recent) >= limits.max_attempts_per_day:
+        return _Refusal(
+            "card.daily_limit",
+            f"at most {limits.max_attempts_per_day} attempts on one card in 24 hours "
+            f"(excessive authorization attempts); {len(recent)} were made since "
+            f"{_when(recent[0].at)}",
+            never=False,
+        )
+    return None
+
+
+def _change_points(
+    card_history: list[PastAttempt], after: datetime, limits: NetworkLimits
+) -> list[datetime]:
+    """Every instant after ``after`` at which a rule's verdict on the card may change."""
+    points: set[datetime] = set()
+    for attempt in card_history:
+        points.update((attempt.at, attempt.at + limits.visa_window, attempt.at + DAY))
+        c = attempt.classification
+        if c is not None and c.earliest_retry_after is not None:
+            points.add(attempt.at + c.earliest_retry_after)
+    return sorted(p for p in points if p > after)
+
+
+def _never_message(label: str, attempt: PastAttempt, limits: NetworkLimits) -> str:
+    assert attempt.classification is not None
+    if label.startswith("Mastercard"):
+        window = _duration(limits.mastercard_never_window)
+        fee = f"Mastercard charges for every retry within {window}"
+    elif label.startswith("Visa"):
+        fee = "Visa charges for every reattempt"
+    else:
+        fee = "the issuer would decline it again"
+    return (
+        f"{label}: declined on {_when(attempt.at)} ({attempt.classification.reason}); {fee}, "
+        "so this card is not attempted again"
+    )
+
+
+def _wait_message(attempt: PastAttempt, wait: timedelta, until: datetime) -> str:
+    assert attempt.classification is not None
+    macs = [r for r in attempt.classification.rule_ids if r.startswith("mastercard.mac.")]
+    source = f"Mastercard merchant advice code {macs[0].rsplit('.', 1)[1]}" if macs else "a decline"
+    return (
+        f"{source} on {_when(attempt.at)} asks to wait {_duration(wait)}: not before {_when(until)}"
+    )
+
+
+def _when(at: datetime) -> str:
+    return at.isoformat(timespec="seconds")
+
+
+def _duration(span: timedelta) -> str:
+    if span >= 2 * DAY and span % DAY == timedelta(0):
+        return f"{span // DAY} days"
+    hours, rest = divmod(span, timedelta(hours=1))
+    if rest == timedelta(0):
+        return f"{hours} hour" if hours == 1 else f"{hours} hours"
+    return str(span)
+
+
+def _require_aware(at: datetime, field: str) -> None:
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise InvalidArgument(field, "must be a timezone-aware time")

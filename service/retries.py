@@ -1,0 +1,663 @@
+"""Use cases on payment retry plans: record a failure, read, pause, resume, cancel, add a
+payment method, and the decision step shared with the billing job."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+
+from refundretry.v1 import events_pb2
+from repository import retries, settings
+from repository.database import Connection, Database
+from repository.settings import schedule_from_row
+from service import changes, convert, validation
+from service.auth import Principal
+from service.domain.decline_codes import (
+    CardNetwork,
+    Classification,
+    Decline,
+    DeclineClass,
+    classify,
+    validate_decline,
+)
+from service.domain.money import Money
+from service.domain.network_rules import NetworkLimits, PastAttempt
+from service.domain.retry_plan import (
+    Action,
+    Decision,
+    Method,
+    PlanState,
+    PlanStatus,
+    check_plan_transition,
+    decide,
+    plan_sources_of,
+)
+from service.domain.retry_schedule import DEFAULT_PAYMENT_SCHEDULE, validate_code
+from service.domain.retry_timing import Rate, SuccessStats, buckets, validate_time_zone
+from service.errors import FailedPrecondition, InvalidArgument, NotFound
+from service.gateways.base import GATEWAYS
+
+# Network rules look back at most this far (Visa's rolling 30 days, with a margin).
+HISTORY_WINDOW = timedelta(days=31)
+STATS_CACHE_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFailure:
+    request_id: str
+    payment_id: str
+    billing_event_id: str
+    customer_id: str
+    subscription_id: str
+    amount: Money
+    gateway: str
+    method: Method
+    decline: Decline
+    failed_at: datetime
+    time_zone: str
+    wallet: tuple[Method, ...] = ()
+    schedule_code: str = DEFAULT_PAYMENT_SCHEDULE
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def network_of(text: str, field_name: str) -> CardNetwork:
+    try:
+        return CardNetwork(text.upper() or "OTHER")
+    except ValueError:
+        known = ", ".join(n.value for n in CardNetwork)
+        raise InvalidArgument(
+            field_name, f"unknown card network {text!r}; known: {known}"
+        ) from None
+
+
+def _validate(cmd: RecordFailure) -> None:
+    changes.validate_request_id(cmd.request_id)
+    validation.identifier(cmd.payment_id, "payment_id")
+    validation.identifier(cmd.billing_event_id, "billing_event_id", required=False)
+    validation.identifier(cmd.customer_id, "customer_id")
+    validation.identifier(cmd.subscription_id, "subscription_id", required=False)
+    if cmd.gateway not in GATEWAYS:
+        raise InvalidArgument("gateway", f"unknown gateway; known: {', '.join(GATEWAYS)}")
+    validation.identifier(cmd.method.payment_method_id, "payment_method.payment_method_id")
+    for index, method in enumerate(cmd.wallet):
+        validation.identifier(method.payment_method_id, f"wallet[{index}].payment_method_id")
+    validate_decline(cmd.decline, "decline")
+    validate_time_zone(cmd.time_zone, "time_zone")
+    validate_code(cmd.schedule_code, "retry_schedule_code")
+    if cmd.failed_at > datetime.now(UTC) + timedelta(minutes=5):
+        raise InvalidArgument("failure_time", "is in the future")
+    if len(cmd.metadata) > 50:
+        raise InvalidArgument("metadata", "at most 50 keys")
+
+
+def slot_of(at: datetime, zone: ZoneInfo, first_failed_at: datetime) -> tuple[int, int, int]:
+    """(local hour, day of month, days since the first failure) of an attempt: the buckets
+    the smart schedule learns by."""
+    return buckets(at, first_failed_at, zone)
+
+
+class StatsCache:
+    """Success rates by decline class, read from attempt_stats at most once a minute per
+    process (they are derived data: a stale read only changes which good slot is chosen)."""
+
+    def __init__(self) -> None:
+        self._value: dict[DeclineClass, SuccessStats] = {}
+        self._read_at = -STATS_CACHE_SECONDS
+
+    async def get(self, conn: Connection) -> dict[DeclineClass, SuccessStats]:
+        if time.monotonic() - self._read_at < STATS_CACHE_SECONDS:
+            return self._value
+        buckets: dict[DeclineClass, dict[str, dict[int, Rate]]] = {}
+        for row in await retries.stats(conn):
+            try:
+                decline_class = DeclineClass(row["decline_class"])
+            except ValueError:
+                continue
+            per = buckets.setdefault(decline_class, {})
+            per.setdefault(row["dimension"], {})[row["bucket"]] = Rate(
+                int(row["successes"]), int(row["attempts"])
+            )
+        self._value = {
+            decline_class: SuccessStats(
+                by_hour=per.get("hour", {}),
+                by_day_of_month=per.get("day_of_month", {}),
+                by_days_since_failure=per.get("days_since_failure", {}),
+                overall=per.get("overall", {}).get(0, Rate(0, 0)),
+            )
+            for decline_class, per in buckets.items()
+        }
+        self._read_at = time.monotonic()
+        return self._value
+
+
+@dataclass(frozen=True, slots=True)
+class RetryContext:
+    """What every retry decision needs besides the plan: the network limits in force and the
+    success statistics (cached per process, per database)."""
+
+    limits: NetworkLimits = field(default_factory=NetworkLimits)
+    stats: StatsCache = field(default_factory=StatsCache)
+
+
+def past_attempts(rows: Sequence[asyncpg.Record]) -> list[PastAttempt]:
+    out = []
+    for row in rows:
+        approved = row["outcome"] == "SUCCEEDED"
+        declined = row["outcome"] in ("DECLINED", "REQUIRES_ACTION")
+        if not (approved or declined):
+            continue  # never reached the issuer: the networks do not count it
+        network = CardNetwork(row["network"])
+        out.append(
+            PastAttempt(
+                at=row["attempted_at"],
+                card=row["payment_method_id"],
+                network=network,
+                approved=approved,
+                classification=None
+                if approved
+                else classify(
+                    Decline(
+                        row["decline_code"],
+                        network,
+                        row["visa_response_code"],
+                        row["mc_advice_code"],
+                    )
+                ),
+            )
+        )
+    return out
+
+
+async def plan_methods(conn: Connection, plan_id: uuid.UUID) -> tuple[Method, ...]:
+    return tuple(
+        Method(r["payment_method_id"], CardNetwork(r["network"]))
+        for r in await retries.methods(conn, plan_id)
+    )
+
+
+async def card_history(
+    conn: Connection, methods: Sequence[Method], now: datetime
+) -> list[PastAttempt]:
+    rows = await retries.card_history(
+        conn, [m.payment_method_id for m in methods], now - HISTORY_WINDOW
+    )
+    return past_attempts(rows)
+
+
+async def decide_and_apply(
+    conn: Connection,
+    plan: asyncpg.Record,
+    *,
+    last: Classification,
+    decline_code: str,
+    failed_at: datetime,
+    attempts_made: int,
+    actor: str,
+    now: datetime,
+    context: RetryContext,
+    announce: bool = True,
+) -> Decision:
+    """Decide the plan's next step after a failure, store the decision with its reason, move
+    the plan (next attempt, wallet position, or EXHAUSTED) and, with ``announce``, write the
+    event and audit row."""
+    plan_id = plan["plan_id"]
+    schedule_row = await settings.get_schedule(conn, plan["schedule_code"])
+    assert schedule_row is not None  # a foreign key
+    methods = await plan_methods(conn, plan_id)
+    decision = decide(
+        schedule=schedule_from_row(schedule_row),
+        state=PlanState(
+            attempts_made=attempts_made,
+            first_failed_at=plan["first_failed_at"],
+            methods=methods,
+            method_index=plan["method_index"],
+            zone=ZoneInfo(plan["time_zone"]),
+        ),
+        last=last,
+        decline_code=decline_code,
+        failed_at=failed_at,
+        history=await card_history(conn, methods, now),
+        stats=await context.stats.get(conn),
+        now=now,
+        limits=context.limits,
+    )
+    return await store_decision(
+        conn, plan, decision, attempts_made=attempts_made, actor=actor, announce=announce
+    )
+
+
+async def store_decision(
+    conn: Connection,
+    plan: asyncpg.Record,
+    decision: Decision,
+    *,
+    attempts_made: int,
+    actor: str,
+    announce: bool = True,
+) -> Decision:
+    """Store ``decision`` and move the plan by it; with ``announce`` also write its event and
+    audit row (the billing job announces after the attempt's own event)."""
+    plan_id = plan["plan_id"]
+    methods = await plan_methods(conn, plan_id)
+    method_id = methods[decision.method_index].payment_method_id if methods else ""
+    await retries.add_decision(
+        conn,
+        plan_id,
+        action=decision.action.value,
+        next_attempt_at=decision.at,
+        payment_method_id=method_id,
+        reason=decision.reason,
+        rule_ids=decision.rule_ids,
+        data=decision.data,
+    )
+    await retries.apply_decision(
+        conn,
+        plan_id,
+        next_attempt_at=decision.at,
+        method_index=decision.method_index,
+        waiting_for_method=decision.action is Action.WAIT_FOR_PAYMENT_METHOD,
+        attempt_count=attempts_made,
+    )
+    if decision.action is Action.STOP:
+        check_plan_transition(PlanStatus(plan["status"]), PlanStatus.EXHAUSTED)
+        await retries.set_status(
+            conn,
+            plan_id,
+            PlanStatus.EXHAUSTED,
+            sorted(plan_sources_of(PlanStatus.EXHAUSTED)),
+            decision.reason,
+        )
+    if announce:
+        await announce_decision(conn, plan_id, decision, actor=actor)
+    return decision
+
+
+async def announce_decision(
+    conn: Connection, plan_id: uuid.UUID, decision: Decision, *, actor: str
+) -> None:
+    """The event and audit row of the plan's latest decision."""
+    row = await view(conn, plan_id)
+    snapshot = convert.retry_plan(row)
+    latest = snapshot.decisions[-1]
+    if decision.action is Action.STOP:
+        await changes.record(
+            conn,
+            actor=actor,
+            action="retry.exhausted",
+            entity_type="retry_plan",
+            entity_id=str(plan_id),
+            data={
+                "decision": latest.sequence,
+                "reason": decision.reason,
+                "rule_ids": list(decision.rule_ids),
+            },
+            event_field="retry_plan_exhausted",
+            event_payload=events_pb2.RetryPlanExhausted(plan=snapshot, reason=decision.reason),
+        )
+        return
+    await changes.record(
+        conn,
+        actor=actor,
+        action="retry.scheduled",
+        entity_type="retry_plan",
+        entity_id=str(plan_id),
+        data={
+            "decision": latest.sequence,
+            "action": decision.action.value,
+            "next_attempt_at": decision.at.isoformat() if decision.at else None,
+            "payment_method_id": latest.payment_method_id,
+            "rule_ids": list(decision.rule_ids),
+        },
+        event_field="retry_scheduled",
+        event_payload=events_pb2.RetryScheduled(plan=snapshot, decision=latest),
+    )
+
+
+async def view(conn: Connection, plan_id: uuid.UUID) -> asyncpg.Record:
+    row = await retries.view(conn, plan_id)
+    if row is None:
+        raise NotFound(f"retry plan {plan_id} does not exist")
+    return row
+
+
+async def record_payment_failure(
+    db: Database, principal: Principal, cmd: RecordFailure, *, context: RetryContext
+) -> asyncpg.Record:
+    """Start the failed payment's retry plan, or advance its open plan, and decide the next
+    step. Returns the plan (its last decision is this failure's)."""
+    _validate(cmd)
+    digest = changes.fingerprint(
+        "RecordPaymentFailure",
+        {k: getattr(cmd, k) for k in cmd.__dataclass_fields__ if k != "request_id"},
+    )
+    new_plan_id = uuid.uuid4()
+    async with db.transaction() as conn:
+        first = await changes.replayed(
+            conn, "RecordPaymentFailure", cmd.request_id, digest, str(new_plan_id)
+        )
+        if first is not None:
+            return await view(conn, uuid.UUID(first))
+        if await settings.get_schedule(conn, cmd.schedule_code) is None:
+            raise InvalidArgument("retry_schedule_code", f"no schedule {cmd.schedule_code!r}")
+        plan = await retries.open_plan_for_payment(conn, cmd.payment_id)
+        if plan is None:
+            await retries.insert_plan(
+                conn,
+                plan_id=new_plan_id,
+                payment_id=cmd.payment_id,
+                billing_event_id=cmd.billing_event_id,
+                customer_id=cmd.customer_id,
+                subscription_id=cmd.subscription_id,
+                currency=cmd.amount.currency,
+                amount=cmd.amount.minor_units,
+                gateway=cmd.gateway,
+                schedule_code=cmd.schedule_code,
+                time_zone=cmd.time_zone,
+                first_failed_at=cmd.failed_at,
+                metadata=cmd.metadata,
+            )
+            plan = await retries.lock(conn, new_plan_id)
+            assert plan is not None
+        elif (plan["currency"], plan["amount"]) != (cmd.amount.currency, cmd.amount.minor_units):
+            raise InvalidArgument(
+                "amount",
+                f"payment {cmd.payment_id!r} has an open plan for "
+                f"{Money(plan['currency'], plan['amount'])}, not {cmd.amount}",
+            )
+        plan_id = plan["plan_id"]
+        for method in (cmd.method, *cmd.wallet):
+            await retries.add_method(conn, plan_id, method.payment_method_id, method.network)
+        methods = await plan_methods(conn, plan_id)
+        index = next(
+            i for i, m in enumerate(methods) if m.payment_method_id == cmd.method.payment_method_id
+        )
+        if index != plan["method_index"]:
+            await retries.apply_decision(
+                conn,
+                plan_id,
+                next_attempt_at=plan["next_attempt_at"],
+                method_index=index,
+                waiting_for_method=plan["waiting_for_method"],
+                attempt_count=plan["attempt_count"],
+            )
+            plan = await retries.lock(conn, plan_id)
+            assert plan is not None
+        classification = classify(cmd.decline)
+        attempt_number = plan["attempt_count"] + 1
+        hour, day, days = slot_of(
+            cmd.failed_at, ZoneInfo(plan["time_zone"]), plan["first_failed_at"]
+        )
+        await retries.insert_attempt(
+            conn,
+            retries.NewAttempt(
+                plan_id=plan_id,
+                attempt_number=attempt_number,
+                source="FAILURE",
+                attempted_at=cmd.failed_at,
+                payment_method_id=cmd.method.payment_method_id,
+                network=cmd.method.network.value,
+                outcome="DECLINED",
+                idempotency_key=f"failure-{plan_id}-{attempt_number}",
+                local_hour=hour,
+                day_of_month=day,
+                days_since_failure=days,
+                decline_code=cmd.decline.code,
+                visa_response_code=cmd.decline.visa_response_code,
+                mc_advice_code=cmd.decline.mc_advice_code,
+                decline_class=classification.decline_class.value,
+                message=classification.reason,
+            ),
+        )
+        await decide_and_apply(
+            conn,
+            plan,
+            last=classification,
+            decline_code=cmd.decline.code,
+            failed_at=cmd.failed_at,
+            attempts_made=attempt_number,
+            actor=principal.name,
+            now=datetime.now(UTC),
+            context=context,
+        )
+        return await view(conn, plan_id)
+
+
+async def get_plan(db: Database, plan_id_text: str) -> asyncpg.Record:
+    plan_id = validation.uuid_id(plan_id_text, "plan_id", "retry plan")
+    async with db.connection() as conn:
+        return await view(conn, plan_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ListPlans:
+    page_size: int = 0
+    page_token: str = ""
+    status: PlanStatus | None = None
+    customer_id: str = ""
+    subscription_id: str = ""
+    payment_id: str = ""
+
+
+async def list_plans(db: Database, query: ListPlans) -> tuple[list[asyncpg.Record], str]:
+    size = validation.page_size(query.page_size)
+    for name in ("customer_id", "subscription_id", "payment_id"):
+        validation.identifier(getattr(query, name), name, required=False)
+    after = None
+    if query.page_token:
+        try:
+            created, _, plan_id = (
+                base64.urlsafe_b64decode(query.page_token.encode()).decode().partition("|")
+            )
+            after = (datetime.fromisoformat(created), uuid.UUID(plan_id))
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidArgument("page_token", "is not a token this service returned") from None
+    async with db.connection() as conn:
+        rows = await retries.list_views(
+            conn,
+            status=query.status.value if query.status else None,
+            customer_id=query.customer_id or None,
+            subscription_id=query.subscription_id or None,
+            payment_id=query.payment_id or None,
+            after=after,
+            limit=size + 1,
+        )
+    if len(rows) <= size:
+        return rows, ""
+    last = rows[size - 1]
+    token = f"{last['created_at'].isoformat()}|{last['plan_id']}"
+    return rows[:size], base64.urlsafe_b64encode(token.encode()).decode()
+
+
+async def _locked_plan(conn: Connection, plan_id: uuid.UUID) -> asyncpg.Record:
+    plan = await retries.lock(conn, plan_id)
+    if plan is None:
+        raise NotFound(f"retry plan {plan_id} does not exist")
+    return plan
+
+
+def _no_attempt_in_flight(plan: asyncpg.Record) -> None:
+    lease = plan["lease_expires_at"]
+    if lease is not None and lease > datetime.now(UTC):
+        raise FailedPrecondition(
+            "an attempt of this plan is running; its outcome is recorded in a moment"
+        )
+
+
+async def change_status(
+    db: Database,
+    principal: Principal,
+    *,
+    scope: str,
+    request_id: str,
+    plan_id_text: str,
+    target: PlanStatus,
+    reason: str,
+    context: RetryContext,
+) -> asyncpg.Record:
+    """Pause, cancel or resume (ACTIVE) a plan. Resuming decides afresh: a paused plan's old
+    attempt time may have passed, or a network rule may now ask to wait."""
+    changes.validate_request_id(request_id)
+    plan_id = validation.uuid_id(plan_id_text, "plan_id", "retry plan")
+    validation.text(reason, "reason")
+    digest = changes.fingerprint(scope, str(plan_id), target.value, reason)
+    async with db.transaction() as conn:
+        if await changes.replayed(conn, scope, request_id, digest, str(plan_id)):
+            return await view(conn, plan_id)
+        plan = await _locked_plan(conn, plan_id)
+        current = PlanStatus(plan["status"])
+        check_plan_transition(current, target)
+        _no_attempt_in_flight(plan)
+        await retries.set_status(conn, plan_id, target, [current], reason)
+        if target is PlanStatus.ACTIVE and not plan["waiting_for_method"]:
+            plan = await _locked_plan(conn, plan_id)
+            await _redecide(conn, plan, actor=principal.name, context=context)
+        row = await view(conn, plan_id)
+        action = {
+            PlanStatus.PAUSED: "retry.paused",
+            PlanStatus.CANCELED: "retry.canceled",
+            PlanStatus.ACTIVE: "retry.resumed",
+        }[target]
+        await changes.record(
+            conn,
+            actor=principal.name,
+            action=action,
+            entity_type="retry_plan",
+            entity_id=str(plan_id),
+            data={"from": current.value, "reason": reason},
+            event_field="retry_plan_changed",
+            event_payload=events_pb2.RetryPlanChanged(plan=convert.retry_plan(row)),
+        )
+        return row
+
+
+async def _last_failure(conn: Connection, plan_id: uuid.UUID) -> dict[str, Any]:
+    """The plan's latest declined attempt, as the view's JSON gives it."""
+    row = await view(conn, plan_id)
+    failures: list[dict[str, Any]] = [a for a in row["attempts"] if a["decline_class"]]
+    assert failures, "a plan starts with a failure"
+    return failures[-1]
+
+
+async def _redecide(
+    conn: Connection, plan: asyncpg.Record, *, actor: str, context: RetryContext
+) -> Decision:
+    """Decide again from the plan's last failure (after resume or a new payment method)."""
+    last = await _last_failure(conn, plan["plan_id"])
+    network = CardNetwork(last["network"])
+    decline = Decline(
+        last["decline_code"], network, last["visa_response_code"], last["mc_advice_code"]
+    )
+    return await decide_and_apply(
+        conn,
+        plan,
+        last=classify(decline),
+        decline_code=decline.code,
+        failed_at=datetime.fromisoformat(last["attempted_at"]),
+        attempts_made=plan["attempt_count"],
+        actor=actor,
+        now=datetime.now(UTC),
+        context=context,
+    )
+
+
+async def add_payment_method(
+    db: Database,
+    principal: Principal,
+    request_id: str,
+    plan_id_text: str,
+    method: Method,
+) -> asyncpg.Record:
+    """Add a method to the wallet. A plan waiting for one moves to it and is due at once
+    (within the schedule's allowed hours and the network rules)."""
+    changes.validate_request_id(request_id)
+    plan_id = validation.uuid_id(plan_id_text, "plan_id", "retry plan")
+    validation.identifier(method.payment_method_id, "payment_method.payment_method_id")
+    digest = changes.fingerprint("AddPaymentMethod", str(plan_id), method)
+    async with db.transaction() as conn:
+        if await changes.replayed(conn, "AddPaymentMethod", request_id, digest, str(plan_id)):
+            return await view(conn, plan_id)
+        plan = await _locked_plan(conn, plan_id)
+        if PlanStatus(plan["status"]) not in (PlanStatus.ACTIVE, PlanStatus.PAUSED):
+            raise FailedPrecondition(f"retry plan {plan_id} is {plan['status']}")
+        position = await retries.add_method(
+            conn, plan_id, method.payment_method_id, method.network.value
+        )
+        if position is None:
+            raise FailedPrecondition(
+                f"payment method {method.payment_method_id} is already in the plan's wallet"
+            )
+        if plan["waiting_for_method"] and plan["status"] == PlanStatus.ACTIVE:
+            await retries.apply_decision(
+                conn,
+                plan_id,
+                next_attempt_at=None,
+                method_index=position,
+                waiting_for_method=False,
+                attempt_count=plan["attempt_count"],
+            )
+            plan = await _locked_plan(conn, plan_id)
+            now = datetime.now(UTC)
+            decision = Decision(
+                Action.RETRY,
+                now,
+                position,
+                f"the customer added payment method {method.payment_method_id}: retry at once",
+                ("customer_action.new_payment_method",),
+            )
+            await store_decision(
+                conn, plan, decision, attempts_made=plan["attempt_count"], actor=principal.name
+            )
+        row = await view(conn, plan_id)
+        await changes.record(
+            conn,
+            actor=principal.name,
+            action="retry.payment_method_added",
+            entity_type="retry_plan",
+            entity_id=str(plan_id),
+            data={"payment_method_id": method.payment_method_id, "position": position},
+            event_field="retry_plan_changed",
+            event_payload=events_pb2.RetryPlanChanged(plan=convert.retry_plan(row)),
+        )
+        return row
+
+
+async def recover_by_payment(
+    conn: Connection, *, payment_id: str, billing_event_id: str, actor: str
+) -> list[uuid.UUID]:
+    """The customer paid another way: open plans of that payment (or billing event) are
+    RECOVERED. Runs inside the caller's transaction (RecordPayment, payment.succeeded)."""
+    recovered = []
+    for plan in await retries.open_plans_for(conn, payment_id, billing_event_id):
+        plan_id = plan["plan_id"]
+        moved = await retries.set_status(
+            conn,
+            plan_id,
+            PlanStatus.RECOVERED,
+            sorted(plan_sources_of(PlanStatus.RECOVERED)),
+            f"paid by payment {payment_id}",
+        )
+        if not moved:
+            continue
+        row = await view(conn, plan_id)
+        await changes.record(
+            conn,
+            actor=actor,
+            action="payment.recovered",
+            entity_type="retry_plan",
+            entity_id=str(plan_id),
+            data={"recovered_by": "payment", "payment_id": payment_id},
+            event_field="payment_recovered",
+            event_payload=events_pb2.PaymentRecovered(
+                plan=convert.retry_plan(row), recovered_by="payment"
+            ),
+        )
+        recovered.append(plan_id)
+    return recovered
