@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from refundretry.v1 import (
     audit_pb2,
+    dunning_pb2,
     money_pb2,
     payment_pb2,
     refund_pb2,
@@ -197,6 +198,18 @@ def retry_plan(row: Row) -> retry_plan_pb2.RetryPlan:
     """From a ``retry_plan_view`` row (methods, attempts and decisions as JSON lists)."""
     currency = row["currency"]
     plan = retry_plan_pb2.RetryPlan(
+        dunning_campaign_code=row["campaign_code"] or "",
+        dunning_excluded=row["dunning_excluded"],
+        dunning_steps=[
+            dunning_pb2.DunningStepRun(
+                step_index=s["step_index"],
+                day=s["day"],
+                kind=_enum(dunning_pb2.DunningStepKind, "DUNNING_STEP_KIND", s["kind"]),
+                template=s["template"],
+                run_time=ts(s["run_at"]),
+            )
+            for s in row["dunning_steps"]
+        ],
         plan_id=str(row["plan_id"]),
         payment_id=row["payment_id"],
         billing_event_id=row["billing_event_id"],
@@ -255,4 +268,24 @@ def payment_attempt(a: Row) -> retry_plan_pb2.PaymentAttempt:
         gateway_charge_id=a["gateway_charge_id"],
         idempotency_key=a["idempotency_key"],
         message=a["message"],
+    )
+
+
+def dunning_campaign(row: Row) -> dunning_pb2.DunningCampaign:
+    return dunning_pb2.DunningCampaign(
+        code=row["code"],
+        description=row["description"],
+        steps=[
+            dunning_pb2.DunningStep(
+                day=s["day"],
+                kind=_enum(dunning_pb2.DunningStepKind, "DUNNING_STEP_KIND", s["kind"]),
+                template=s.get("template", ""),
+            )
+            for s in row["steps"]
+        ],
+        final_action=_enum(dunning_pb2.FinalAction, "FINAL_ACTION", row["final_action"]),
+        segment=row["segment"],
+        priority=row["priority"],
+        create_time=ts(row["created_at"]),
+        update_time=ts(row["updated_at"]),
     )

@@ -18,7 +18,7 @@ from refundretry.v1 import events_pb2
 from repository import retries, settings
 from repository.database import Connection, Database
 from repository.settings import schedule_from_row
-from service import changes, convert, validation
+from service import changes, convert, dunning, validation
 from service.auth import Principal
 from service.domain.decline_codes import (
     CardNetwork,
@@ -302,6 +302,7 @@ async def announce_decision(
             event_field="retry_plan_exhausted",
             event_payload=events_pb2.RetryPlanExhausted(plan=snapshot, reason=decision.reason),
         )
+        await dunning.on_exhausted(conn, plan_id, actor=actor)
         return
     await changes.record(
         conn,
@@ -366,6 +367,9 @@ async def record_payment_failure(
             )
             plan = await retries.lock(conn, new_plan_id)
             assert plan is not None
+            await dunning.assign_campaign(conn, plan)
+            plan = await retries.lock(conn, new_plan_id)
+            assert plan is not None
         elif (plan["currency"], plan["amount"]) != (cmd.amount.currency, cmd.amount.minor_units):
             raise InvalidArgument(
                 "amount",
@@ -391,6 +395,7 @@ async def record_payment_failure(
             plan = await retries.lock(conn, plan_id)
             assert plan is not None
         classification = classify(cmd.decline)
+        now = datetime.now(UTC)
         attempt_number = plan["attempt_count"] + 1
         hour, day, days = slot_of(
             cmd.failed_at, ZoneInfo(plan["time_zone"]), plan["first_failed_at"]
@@ -416,7 +421,7 @@ async def record_payment_failure(
                 message=classification.reason,
             ),
         )
-        await decide_and_apply(
+        decision = await decide_and_apply(
             conn,
             plan,
             last=classification,
@@ -424,9 +429,15 @@ async def record_payment_failure(
             failed_at=cmd.failed_at,
             attempts_made=attempt_number,
             actor=principal.name,
-            now=datetime.now(UTC),
+            now=now,
             context=context,
+            announce=False,
         )
+        # Dunning steps due by now run with the failure (the first notice can go out at once);
+        # the decision is announced after them, so a notice precedes an exhaustion and its
+        # final action, and a RETRY step due now has already brought the attempt forward.
+        await dunning.run_due_steps(conn, plan_id, now=now, actor=principal.name)
+        await announce_decision(conn, plan_id, decision, actor=principal.name)
         return await view(conn, plan_id)
 
 

@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from refundretry.v1 import (
+    dunning_pb2,
     money_pb2,
     refund_pb2,
     refund_policy_pb2,
@@ -32,6 +33,7 @@ from service import (
     audit,
     changes,
     convert,
+    dunning,
     payments,
     reconciliation,
     refunds,
@@ -42,6 +44,7 @@ from service import (
 from service.auth import Principal, Role, TokenTable
 from service.domain.approval_policy import ApprovalTier
 from service.domain.decline_codes import Decline
+from service.domain.dunning import Campaign, FinalAction, Step, StepKind
 from service.domain.money import Money
 from service.domain.refund_plan import LineRequest
 from service.domain.refund_states import RefundStatus
@@ -52,6 +55,7 @@ from service.domain.retry_schedule import (
     RetrySchedule,
     Timing,
     WalletPolicy,
+    validate_code,
 )
 from service.domain.retry_timing import AllowedHours
 from service.errors import InvalidArgument
@@ -201,6 +205,39 @@ def _schedule_from_proto(message: retry_schedule_pb2.RetrySchedule) -> RetrySche
         allowed_hours=_hours(message),
         max_span_days=message.max_span_days or None,
         wallet=_wallet(message),
+    )
+
+
+CAMPAIGN_FIELDS = frozenset({"description", "steps", "final_action", "segment", "priority"})
+
+
+def _steps(message: dunning_pb2.DunningCampaign) -> tuple[Step, ...]:
+    steps = []
+    for index, step in enumerate(message.steps):
+        if step.kind == dunning_pb2.DUNNING_STEP_KIND_UNSPECIFIED:
+            raise InvalidArgument(f"campaign.steps[{index}].kind", "is required")
+        kind = StepKind(
+            dunning_pb2.DunningStepKind.Name(step.kind).removeprefix("DUNNING_STEP_KIND_")
+        )
+        steps.append(Step(step.day, kind, step.template))
+    return tuple(steps)
+
+
+def _final_action(message: dunning_pb2.DunningCampaign) -> FinalAction:
+    if message.final_action == dunning_pb2.FINAL_ACTION_UNSPECIFIED:
+        return FinalAction.NONE
+    name = dunning_pb2.FinalAction.Name(message.final_action)
+    return FinalAction(name.removeprefix("FINAL_ACTION_"))
+
+
+def _campaign(message: dunning_pb2.DunningCampaign) -> Campaign:
+    return Campaign(
+        code=message.code,
+        steps=_steps(message),
+        final_action=_final_action(message),
+        segment=dict(message.segment),
+        priority=message.priority,
+        description=message.description,
     )
 
 
@@ -472,6 +509,7 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
                     blocked_by_rules=summary.payment_retries.blocked_by_rules,
                     outcomes_unknown=summary.payment_retries.unknown,
                     errors=summary.payment_retries.errors,
+                    dunning_steps=summary.payment_retries.dunning_steps,
                 ),
             )
         )
@@ -625,6 +663,58 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
             _method(request.payment_method, "payment_method"),
         )
         return pb.AddPaymentMethodResponse(plan=convert.retry_plan(row))
+
+    # -- dunning ------------------------------------------------------------------------------
+
+    @rpc(Role.RETRY_MANAGE)
+    async def CreateDunningCampaign(
+        self, request: pb.CreateDunningCampaignRequest, principal: Principal
+    ) -> pb.CreateDunningCampaignResponse:
+        row = await dunning.create_campaign(
+            self.db, principal, request.request_id, _campaign(request.campaign)
+        )
+        return pb.CreateDunningCampaignResponse(campaign=convert.dunning_campaign(row))
+
+    @rpc(Role.RETRY_MANAGE)
+    async def UpdateDunningCampaign(
+        self, request: pb.UpdateDunningCampaignRequest, principal: Principal
+    ) -> pb.UpdateDunningCampaignResponse:
+        fields = _mask(list(request.update_mask.paths), CAMPAIGN_FIELDS)
+        given = request.campaign
+        validate_code(given.code, "campaign.code")
+        patch = dunning.CampaignPatch(
+            code=given.code,
+            description=given.description if "description" in fields else settings.UNSET,
+            steps=_steps(given) if "steps" in fields else settings.UNSET,
+            final_action=_final_action(given) if "final_action" in fields else settings.UNSET,
+            segment=dict(given.segment) if "segment" in fields else settings.UNSET,
+            priority=given.priority if "priority" in fields else settings.UNSET,
+        )
+        row = await dunning.update_campaign(self.db, principal, request.request_id, patch)
+        return pb.UpdateDunningCampaignResponse(campaign=convert.dunning_campaign(row))
+
+    @rpc(Role.READ)
+    async def ListDunningCampaigns(
+        self, request: pb.ListDunningCampaignsRequest, principal: Principal
+    ) -> pb.ListDunningCampaignsResponse:
+        rows, token = await dunning.list_campaigns(self.db, request.page_size, request.page_token)
+        return pb.ListDunningCampaignsResponse(
+            campaigns=[convert.dunning_campaign(r) for r in rows], next_page_token=token
+        )
+
+    @rpc(Role.RETRY_MANAGE)
+    async def SetDunningExclusion(
+        self, request: pb.SetDunningExclusionRequest, principal: Principal
+    ) -> pb.SetDunningExclusionResponse:
+        excluded = await dunning.set_exclusion(
+            self.db,
+            principal,
+            request.request_id,
+            request.customer_id,
+            excluded=request.excluded,
+            reason=request.reason,
+        )
+        return pb.SetDunningExclusionResponse(customer_id=request.customer_id, excluded=excluded)
 
     @rpc(Role.READ)
     async def ListAuditEvents(

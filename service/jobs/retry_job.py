@@ -32,7 +32,7 @@ import asyncpg
 from refundretry.v1 import events_pb2
 from repository import retries as plans
 from repository.database import Connection, Database
-from service import changes, convert
+from service import changes, convert, dunning
 from service.auth import SYSTEM
 from service.domain.decline_codes import CardNetwork, Decline, classify
 from service.domain.money import Money
@@ -80,6 +80,7 @@ class RetrySummary:
     unknown: int = 0
     lease_lost: int = 0
     errors: int = 0
+    dunning_steps: int = 0
 
     def count(self, result: str) -> None:
         setattr(self, result, getattr(self, result) + 1)
@@ -129,6 +130,7 @@ class RetryJob:
         summary.claimed = len(claimed)
         for result in await asyncio.gather(*(self._guarded(p, "SCHEDULED") for p in claimed)):
             summary.count(result)
+        summary.dunning_steps = await dunning.run_due(self._db, actor=SYSTEM.name, limit=limit)
         return summary
 
     async def retry_now(self, plan_id: uuid.UUID, actor: str, request_id: str) -> asyncpg.Record:

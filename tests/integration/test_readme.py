@@ -76,6 +76,12 @@ async def test_every_grpcurl_example_in_the_readme_works(service: Service) -> No
     assert outputs["RetryNow"]["attempt"]["payment_method_id"] == "pm_visa_4242"
     assert outputs["CancelRetryPlan"]["plan"]["status"] == "RETRY_PLAN_STATUS_CANCELED"
     assert outputs["RecordPaymentFailure"]["decision"]["reason"]
+    campaign = outputs["UpdateDunningCampaign"]["campaign"]
+    assert campaign["final_action"] == "FINAL_ACTION_PAUSE_SUBSCRIPTION"
+    assert len(campaign["steps"]) == 3  # kept: not in the update mask
+    codes = [c["code"] for c in outputs["ListDunningCampaigns"]["campaigns"]]
+    assert codes == ["default", "pro-de"]
+    assert outputs["SetDunningExclusion"]["excluded"] is True
     assert outputs["Reconcile"]["balanced"] is True
     assert outputs["VerifyAuditChain"]["intact"] is True
     actions = [e["action"] for e in outputs["ListAuditEvents"]["audit_events"]]

@@ -179,7 +179,12 @@ async def test_hard_decline_without_wallet_stops_at_once(client: Client, db: Dat
     assert response.plan.status == PS.RETRY_PLAN_STATUS_EXHAUSTED
     assert response.decision.action == DA.DECISION_ACTION_STOP
     assert "stolen_card" in response.plan.status_reason
-    assert [e.type for e in await events(db, response.plan.plan_id)] == ["retry.exhausted"]
+    assert [e.type for e in await events(db, response.plan.plan_id)] == [
+        "dunning.notice",
+        "retry.exhausted",
+        "dunning.exhausted",
+        "dunning.final_action",
+    ]
 
 
 async def test_hard_decline_with_wallet_moves_to_the_next_method(client: Client) -> None:
@@ -264,6 +269,7 @@ async def test_retry_declines_then_recovers(client: Client, db: Database) -> Non
     assert done.attempts[-1].gateway_charge_id.startswith("sbpi_")
     types = [e.type for e in await events(db, plan_id)]
     assert types == [
+        "dunning.notice",
         "retry.scheduled",
         "retry.attempted",
         "retry.scheduled",

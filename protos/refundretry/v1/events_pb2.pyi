@@ -6,6 +6,7 @@ isort:skip_file
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from refundretry.v1 import dunning_pb2 as _dunning_pb2
 from refundretry.v1 import payment_pb2 as _payment_pb2
 from refundretry.v1 import refund_pb2 as _refund_pb2
 from refundretry.v1 import refund_policy_pb2 as _refund_policy_pb2
@@ -51,6 +52,11 @@ class Event(_message.Message):
     PAYMENT_RECOVERED_FIELD_NUMBER: _builtins.int
     RETRY_PLAN_EXHAUSTED_FIELD_NUMBER: _builtins.int
     RETRY_PLAN_CHANGED_FIELD_NUMBER: _builtins.int
+    DUNNING_NOTICE_FIELD_NUMBER: _builtins.int
+    DUNNING_EXHAUSTED_FIELD_NUMBER: _builtins.int
+    DUNNING_FINAL_ACTION_FIELD_NUMBER: _builtins.int
+    DUNNING_CAMPAIGN_CHANGED_FIELD_NUMBER: _builtins.int
+    DUNNING_EXCLUSION_CHANGED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id; a redelivered event keeps it."""
     type: _builtins.str
@@ -94,6 +100,16 @@ class Event(_message.Message):
     def retry_plan_exhausted(self) -> Global___RetryPlanExhausted: ...
     @_builtins.property
     def retry_plan_changed(self) -> Global___RetryPlanChanged: ...
+    @_builtins.property
+    def dunning_notice(self) -> Global___DunningNotice: ...
+    @_builtins.property
+    def dunning_exhausted(self) -> Global___DunningExhausted: ...
+    @_builtins.property
+    def dunning_final_action(self) -> Global___DunningFinalAction: ...
+    @_builtins.property
+    def dunning_campaign_changed(self) -> Global___DunningCampaignChanged: ...
+    @_builtins.property
+    def dunning_exclusion_changed(self) -> Global___DunningExclusionChanged: ...
     def __init__(
         self,
         *,
@@ -120,12 +136,17 @@ class Event(_message.Message):
         payment_recovered: Global___PaymentRecovered | None = ...,
         retry_plan_exhausted: Global___RetryPlanExhausted | None = ...,
         retry_plan_changed: Global___RetryPlanChanged | None = ...,
+        dunning_notice: Global___DunningNotice | None = ...,
+        dunning_exhausted: Global___DunningExhausted | None = ...,
+        dunning_final_action: Global___DunningFinalAction | None = ...,
+        dunning_campaign_changed: Global___DunningCampaignChanged | None = ...,
+        dunning_exclusion_changed: Global___DunningExclusionChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time", "payload", b"payload", "payment_recorded", b"payment_recorded", "payment_recovered", b"payment_recovered", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_attempted", b"retry_attempted", "retry_plan_changed", b"retry_plan_changed", "retry_plan_exhausted", b"retry_plan_exhausted", "retry_schedule_changed", b"retry_schedule_changed", "retry_scheduled", b"retry_scheduled"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dunning_campaign_changed", b"dunning_campaign_changed", "dunning_exclusion_changed", b"dunning_exclusion_changed", "dunning_exhausted", b"dunning_exhausted", "dunning_final_action", b"dunning_final_action", "dunning_notice", b"dunning_notice", "occur_time", b"occur_time", "payload", b"payload", "payment_recorded", b"payment_recorded", "payment_recovered", b"payment_recovered", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_attempted", b"retry_attempted", "retry_plan_changed", b"retry_plan_changed", "retry_plan_exhausted", b"retry_plan_exhausted", "retry_schedule_changed", b"retry_schedule_changed", "retry_scheduled", b"retry_scheduled"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "event_id", b"event_id", "occur_time", b"occur_time", "payload", b"payload", "payment_recorded", b"payment_recorded", "payment_recovered", b"payment_recovered", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_attempted", b"retry_attempted", "retry_plan_changed", b"retry_plan_changed", "retry_plan_exhausted", b"retry_plan_exhausted", "retry_schedule_changed", b"retry_schedule_changed", "retry_scheduled", b"retry_scheduled", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "dunning_campaign_changed", b"dunning_campaign_changed", "dunning_exclusion_changed", b"dunning_exclusion_changed", "dunning_exhausted", b"dunning_exhausted", "dunning_final_action", b"dunning_final_action", "dunning_notice", b"dunning_notice", "event_id", b"event_id", "occur_time", b"occur_time", "payload", b"payload", "payment_recorded", b"payment_recorded", "payment_recovered", b"payment_recovered", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_attempted", b"retry_attempted", "retry_plan_changed", b"retry_plan_changed", "retry_plan_exhausted", b"retry_plan_exhausted", "retry_schedule_changed", b"retry_schedule_changed", "retry_scheduled", b"retry_scheduled", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_recorded", "refund_created", "refund_approved", "refund_rejected", "refund_canceled", "refund_processing", "refund_succeeded", "refund_failed", "refund_attempt_failed", "refund_policy_updated", "retry_schedule_changed", "refund_requires_action", "retry_scheduled", "retry_attempted", "payment_recovered", "retry_plan_exhausted", "retry_plan_changed"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_recorded", "refund_created", "refund_approved", "refund_rejected", "refund_canceled", "refund_processing", "refund_succeeded", "refund_failed", "refund_attempt_failed", "refund_policy_updated", "retry_schedule_changed", "refund_requires_action", "retry_scheduled", "retry_attempted", "payment_recovered", "retry_plan_exhausted", "retry_plan_changed", "dunning_notice", "dunning_exhausted", "dunning_final_action", "dunning_campaign_changed", "dunning_exclusion_changed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -560,3 +581,145 @@ class RetryPlanChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetryPlanChanged: _TypeAlias = RetryPlanChanged  # noqa: Y015
+
+@_typing.final
+class DunningNotice(_message.Message):
+    """Send the customer a notice ("dunning.notice"): the billing system renders the template."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_CODE_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    DAY_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    plan_id: _builtins.str
+    customer_id: _builtins.str
+    subscription_id: _builtins.str
+    campaign_code: _builtins.str
+    template: _builtins.str
+    day: _builtins.int
+    @_builtins.property
+    def plan(self) -> _retry_plan_pb2.RetryPlan: ...
+    def __init__(
+        self,
+        *,
+        plan_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        subscription_id: _builtins.str = ...,
+        campaign_code: _builtins.str = ...,
+        template: _builtins.str = ...,
+        day: _builtins.int = ...,
+        plan: _retry_plan_pb2.RetryPlan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_code", b"campaign_code", "customer_id", b"customer_id", "day", b"day", "plan", b"plan", "plan_id", b"plan_id", "subscription_id", b"subscription_id", "template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DunningNotice: _TypeAlias = DunningNotice  # noqa: Y015
+
+@_typing.final
+class DunningExhausted(_message.Message):
+    """The plan's campaign ran out: no attempt is left ("dunning.exhausted")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_CODE_FIELD_NUMBER: _builtins.int
+    campaign_code: _builtins.str
+    @_builtins.property
+    def plan(self) -> _retry_plan_pb2.RetryPlan: ...
+    def __init__(
+        self,
+        *,
+        plan: _retry_plan_pb2.RetryPlan | None = ...,
+        campaign_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_code", b"campaign_code", "plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DunningExhausted: _TypeAlias = DunningExhausted  # noqa: Y015
+
+@_typing.final
+class DunningFinalAction(_message.Message):
+    """The campaign's final action, for the billing system to carry out ("dunning.final_action")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_CODE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    campaign_code: _builtins.str
+    action: _dunning_pb2.FinalAction.ValueType
+    @_builtins.property
+    def plan(self) -> _retry_plan_pb2.RetryPlan: ...
+    def __init__(
+        self,
+        *,
+        plan: _retry_plan_pb2.RetryPlan | None = ...,
+        campaign_code: _builtins.str = ...,
+        action: _dunning_pb2.FinalAction.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "campaign_code", b"campaign_code", "plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DunningFinalAction: _TypeAlias = DunningFinalAction  # noqa: Y015
+
+@_typing.final
+class DunningCampaignChanged(_message.Message):
+    """A dunning campaign was created or updated."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def campaign(self) -> _dunning_pb2.DunningCampaign: ...
+    def __init__(
+        self,
+        *,
+        campaign: _dunning_pb2.DunningCampaign | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DunningCampaignChanged: _TypeAlias = DunningCampaignChanged  # noqa: Y015
+
+@_typing.final
+class DunningExclusionChanged(_message.Message):
+    """A customer was excluded from dunning, or included again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    EXCLUDED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    excluded: _builtins.bool
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        excluded: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "excluded", b"excluded", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DunningExclusionChanged: _TypeAlias = DunningExclusionChanged  # noqa: Y015

@@ -11,6 +11,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from refundretry.v1 import audit_pb2 as _audit_pb2
+from refundretry.v1 import dunning_pb2 as _dunning_pb2
 from refundretry.v1 import money_pb2 as _money_pb2
 from refundretry.v1 import payment_pb2 as _payment_pb2
 from refundretry.v1 import refund_pb2 as _refund_pb2
@@ -790,6 +791,7 @@ class PaymentRetrySummary(_message.Message):
     BLOCKED_BY_RULES_FIELD_NUMBER: _builtins.int
     OUTCOMES_UNKNOWN_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
+    DUNNING_STEPS_FIELD_NUMBER: _builtins.int
     plans_claimed: _builtins.int
     recovered: _builtins.int
     rescheduled: _builtins.int
@@ -800,6 +802,8 @@ class PaymentRetrySummary(_message.Message):
     """Moved by a card-network rule checked right before the attempt."""
     outcomes_unknown: _builtins.int
     errors: _builtins.int
+    dunning_steps: _builtins.int
+    """Dunning steps run (notices, retries brought forward)."""
     def __init__(
         self,
         *,
@@ -811,10 +815,11 @@ class PaymentRetrySummary(_message.Message):
         blocked_by_rules: _builtins.int = ...,
         outcomes_unknown: _builtins.int = ...,
         errors: _builtins.int = ...,
+        dunning_steps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_by_rules", b"blocked_by_rules", "errors", b"errors", "exhausted", b"exhausted", "outcomes_unknown", b"outcomes_unknown", "plans_claimed", b"plans_claimed", "recovered", b"recovered", "rescheduled", b"rescheduled", "waiting_for_customer", b"waiting_for_customer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_by_rules", b"blocked_by_rules", "dunning_steps", b"dunning_steps", "errors", b"errors", "exhausted", b"exhausted", "outcomes_unknown", b"outcomes_unknown", "plans_claimed", b"plans_claimed", "recovered", b"recovered", "rescheduled", b"rescheduled", "waiting_for_customer", b"waiting_for_customer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1500,3 +1505,192 @@ class AddPaymentMethodResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AddPaymentMethodResponse: _TypeAlias = AddPaymentMethodResponse  # noqa: Y015
+
+@_typing.final
+class CreateDunningCampaignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def campaign(self) -> _dunning_pb2.DunningCampaign: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        campaign: _dunning_pb2.DunningCampaign | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateDunningCampaignRequest: _TypeAlias = CreateDunningCampaignRequest  # noqa: Y015
+
+@_typing.final
+class CreateDunningCampaignResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def campaign(self) -> _dunning_pb2.DunningCampaign: ...
+    def __init__(
+        self,
+        *,
+        campaign: _dunning_pb2.DunningCampaign | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateDunningCampaignResponse: _TypeAlias = CreateDunningCampaignResponse  # noqa: Y015
+
+@_typing.final
+class UpdateDunningCampaignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def campaign(self) -> _dunning_pb2.DunningCampaign:
+        """Identified by campaign.code."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields to replace (description, steps, final_action, segment, priority); all when empty."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        campaign: _dunning_pb2.DunningCampaign | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "request_id", b"request_id", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateDunningCampaignRequest: _TypeAlias = UpdateDunningCampaignRequest  # noqa: Y015
+
+@_typing.final
+class UpdateDunningCampaignResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def campaign(self) -> _dunning_pb2.DunningCampaign: ...
+    def __init__(
+        self,
+        *,
+        campaign: _dunning_pb2.DunningCampaign | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateDunningCampaignResponse: _TypeAlias = UpdateDunningCampaignResponse  # noqa: Y015
+
+@_typing.final
+class ListDunningCampaignsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDunningCampaignsRequest: _TypeAlias = ListDunningCampaignsRequest  # noqa: Y015
+
+@_typing.final
+class ListDunningCampaignsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGNS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def campaigns(self) -> _containers.RepeatedCompositeFieldContainer[_dunning_pb2.DunningCampaign]: ...
+    def __init__(
+        self,
+        *,
+        campaigns: _abc.Iterable[_dunning_pb2.DunningCampaign] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaigns", b"campaigns", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDunningCampaignsResponse: _TypeAlias = ListDunningCampaignsResponse  # noqa: Y015
+
+@_typing.final
+class SetDunningExclusionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    EXCLUDED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    customer_id: _builtins.str
+    excluded: _builtins.bool
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        excluded: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "excluded", b"excluded", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDunningExclusionRequest: _TypeAlias = SetDunningExclusionRequest  # noqa: Y015
+
+@_typing.final
+class SetDunningExclusionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    EXCLUDED_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    excluded: _builtins.bool
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        excluded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "excluded", b"excluded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDunningExclusionResponse: _TypeAlias = SetDunningExclusionResponse  # noqa: Y015

@@ -149,6 +149,26 @@ class RefundRetryServiceStub:
                 request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.AddPaymentMethodRequest.SerializeToString,
                 response_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.AddPaymentMethodResponse.FromString,
                 _registered_method=True)
+        self.CreateDunningCampaign = channel.unary_unary(
+                '/refundretry.v1.RefundRetryService/CreateDunningCampaign',
+                request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.CreateDunningCampaignRequest.SerializeToString,
+                response_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.CreateDunningCampaignResponse.FromString,
+                _registered_method=True)
+        self.UpdateDunningCampaign = channel.unary_unary(
+                '/refundretry.v1.RefundRetryService/UpdateDunningCampaign',
+                request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.UpdateDunningCampaignRequest.SerializeToString,
+                response_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.UpdateDunningCampaignResponse.FromString,
+                _registered_method=True)
+        self.ListDunningCampaigns = channel.unary_unary(
+                '/refundretry.v1.RefundRetryService/ListDunningCampaigns',
+                request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ListDunningCampaignsRequest.SerializeToString,
+                response_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ListDunningCampaignsResponse.FromString,
+                _registered_method=True)
+        self.SetDunningExclusion = channel.unary_unary(
+                '/refundretry.v1.RefundRetryService/SetDunningExclusion',
+                request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.SetDunningExclusionRequest.SerializeToString,
+                response_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.SetDunningExclusionResponse.FromString,
+                _registered_method=True)
         self.ListAuditEvents = channel.unary_unary(
                 '/refundretry.v1.RefundRetryService/ListAuditEvents',
                 request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ListAuditEventsRequest.SerializeToString,
@@ -317,6 +337,31 @@ class RefundRetryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateDunningCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateDunningCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDunningCampaigns(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDunningExclusion(self, request, context):
+        """Excludes a customer from dunning (no notices, no final action) or includes them again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAuditEvents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -449,6 +494,26 @@ def add_RefundRetryServiceServicer_to_server(servicer, server):
                     servicer.AddPaymentMethod,
                     request_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.AddPaymentMethodRequest.FromString,
                     response_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.AddPaymentMethodResponse.SerializeToString,
+            ),
+            'CreateDunningCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateDunningCampaign,
+                    request_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.CreateDunningCampaignRequest.FromString,
+                    response_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.CreateDunningCampaignResponse.SerializeToString,
+            ),
+            'UpdateDunningCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDunningCampaign,
+                    request_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.UpdateDunningCampaignRequest.FromString,
+                    response_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.UpdateDunningCampaignResponse.SerializeToString,
+            ),
+            'ListDunningCampaigns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDunningCampaigns,
+                    request_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ListDunningCampaignsRequest.FromString,
+                    response_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ListDunningCampaignsResponse.SerializeToString,
+            ),
+            'SetDunningExclusion': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDunningExclusion,
+                    request_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.SetDunningExclusionRequest.FromString,
+                    response_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.SetDunningExclusionResponse.SerializeToString,
             ),
             'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAuditEvents,
@@ -1065,6 +1130,114 @@ class RefundRetryService:
             '/refundretry.v1.RefundRetryService/AddPaymentMethod',
             refundretry_dot_v1_dot_refund__retry__service__pb2.AddPaymentMethodRequest.SerializeToString,
             refundretry_dot_v1_dot_refund__retry__service__pb2.AddPaymentMethodResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDunningCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/refundretry.v1.RefundRetryService/CreateDunningCampaign',
+            refundretry_dot_v1_dot_refund__retry__service__pb2.CreateDunningCampaignRequest.SerializeToString,
+            refundretry_dot_v1_dot_refund__retry__service__pb2.CreateDunningCampaignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDunningCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/refundretry.v1.RefundRetryService/UpdateDunningCampaign',
+            refundretry_dot_v1_dot_refund__retry__service__pb2.UpdateDunningCampaignRequest.SerializeToString,
+            refundretry_dot_v1_dot_refund__retry__service__pb2.UpdateDunningCampaignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDunningCampaigns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/refundretry.v1.RefundRetryService/ListDunningCampaigns',
+            refundretry_dot_v1_dot_refund__retry__service__pb2.ListDunningCampaignsRequest.SerializeToString,
+            refundretry_dot_v1_dot_refund__retry__service__pb2.ListDunningCampaignsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDunningExclusion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/refundretry.v1.RefundRetryService/SetDunningExclusion',
+            refundretry_dot_v1_dot_refund__retry__service__pb2.SetDunningExclusionRequest.SerializeToString,
+            refundretry_dot_v1_dot_refund__retry__service__pb2.SetDunningExclusionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -74,6 +74,11 @@ class RefundRetryServiceStub:
     """
     AddPaymentMethod: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.AddPaymentMethodRequest, _refund_retry_service_pb2.AddPaymentMethodResponse]
     """Adds a payment method to a plan's wallet; a plan waiting for one is retried at once."""
+    CreateDunningCampaign: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.CreateDunningCampaignRequest, _refund_retry_service_pb2.CreateDunningCampaignResponse]
+    UpdateDunningCampaign: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.UpdateDunningCampaignRequest, _refund_retry_service_pb2.UpdateDunningCampaignResponse]
+    ListDunningCampaigns: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ListDunningCampaignsRequest, _refund_retry_service_pb2.ListDunningCampaignsResponse]
+    SetDunningExclusion: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.SetDunningExclusionRequest, _refund_retry_service_pb2.SetDunningExclusionResponse]
+    """Excludes a customer from dunning (no notices, no final action) or includes them again."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ListAuditEventsRequest, _refund_retry_service_pb2.ListAuditEventsResponse]
     VerifyAuditChain: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.VerifyAuditChainRequest, _refund_retry_service_pb2.VerifyAuditChainResponse]
     """Recomputes the audit hash chain and names the first broken row."""
@@ -126,6 +131,11 @@ class RefundRetryServiceAsyncStub(RefundRetryServiceStub):
     """
     AddPaymentMethod: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.AddPaymentMethodRequest, _refund_retry_service_pb2.AddPaymentMethodResponse]  # type: ignore[assignment]
     """Adds a payment method to a plan's wallet; a plan waiting for one is retried at once."""
+    CreateDunningCampaign: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.CreateDunningCampaignRequest, _refund_retry_service_pb2.CreateDunningCampaignResponse]  # type: ignore[assignment]
+    UpdateDunningCampaign: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.UpdateDunningCampaignRequest, _refund_retry_service_pb2.UpdateDunningCampaignResponse]  # type: ignore[assignment]
+    ListDunningCampaigns: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ListDunningCampaignsRequest, _refund_retry_service_pb2.ListDunningCampaignsResponse]  # type: ignore[assignment]
+    SetDunningExclusion: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.SetDunningExclusionRequest, _refund_retry_service_pb2.SetDunningExclusionResponse]  # type: ignore[assignment]
+    """Excludes a customer from dunning (no notices, no final action) or includes them again."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ListAuditEventsRequest, _refund_retry_service_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     VerifyAuditChain: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.VerifyAuditChainRequest, _refund_retry_service_pb2.VerifyAuditChainResponse]  # type: ignore[assignment]
     """Recomputes the audit hash chain and names the first broken row."""
@@ -307,6 +317,35 @@ class RefundRetryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_refund_retry_service_pb2.AddPaymentMethodResponse, _abc.Awaitable[_refund_retry_service_pb2.AddPaymentMethodResponse]]:
         """Adds a payment method to a plan's wallet; a plan waiting for one is retried at once."""
+
+    @_abc_1.abstractmethod
+    def CreateDunningCampaign(
+        self,
+        request: _refund_retry_service_pb2.CreateDunningCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_refund_retry_service_pb2.CreateDunningCampaignResponse, _abc.Awaitable[_refund_retry_service_pb2.CreateDunningCampaignResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateDunningCampaign(
+        self,
+        request: _refund_retry_service_pb2.UpdateDunningCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_refund_retry_service_pb2.UpdateDunningCampaignResponse, _abc.Awaitable[_refund_retry_service_pb2.UpdateDunningCampaignResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDunningCampaigns(
+        self,
+        request: _refund_retry_service_pb2.ListDunningCampaignsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_refund_retry_service_pb2.ListDunningCampaignsResponse, _abc.Awaitable[_refund_retry_service_pb2.ListDunningCampaignsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetDunningExclusion(
+        self,
+        request: _refund_retry_service_pb2.SetDunningExclusionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_refund_retry_service_pb2.SetDunningExclusionResponse, _abc.Awaitable[_refund_retry_service_pb2.SetDunningExclusionResponse]]:
+        """Excludes a customer from dunning (no notices, no final action) or includes them again."""
 
     @_abc_1.abstractmethod
     def ListAuditEvents(

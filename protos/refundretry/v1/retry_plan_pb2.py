@@ -23,11 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from refundretry.v1 import dunning_pb2 as refundretry_dot_v1_dot_dunning__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from refundretry.v1 import money_pb2 as refundretry_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frefundretry/v1/retry_plan.proto\x12\x0erefundretry.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1arefundretry/v1/money.proto\";\n\rPaymentMethod\x12\x19\n\x11payment_method_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\"S\n\x07\x44\x65\x63line\x12\x14\n\x0c\x64\x65\x63line_code\x18\x01 \x01(\t\x12\x1a\n\x12visa_response_code\x18\x02 \x01(\t\x12\x16\n\x0emc_advice_code\x18\x03 \x01(\t\"\x8a\x03\n\x0ePaymentAttempt\x12\x16\n\x0e\x61ttempt_number\x18\x01 \x01(\x05\x12-\n\x06source\x18\x02 \x01(\x0e\x32\x1d.refundretry.v1.AttemptSource\x12\x30\n\x0c\x61ttempt_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11payment_method_id\x18\x04 \x01(\t\x12\x0f\n\x07network\x18\x05 \x01(\t\x12/\n\x07outcome\x18\x06 \x01(\x0e\x32\x1e.refundretry.v1.AttemptOutcome\x12(\n\x07\x64\x65\x63line\x18\x07 \x01(\x0b\x32\x17.refundretry.v1.Decline\x12\x33\n\rdecline_class\x18\x08 \x01(\x0e\x32\x1c.refundretry.v1.DeclineClass\x12\x19\n\x11gateway_charge_id\x18\t \x01(\t\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12\x0f\n\x07message\x18\x0b \x01(\t\"\x9d\x02\n\rRetryDecision\x12\x10\n\x08sequence\x18\x01 \x01(\x05\x12/\n\x0b\x64\x65\x63ide_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1e.refundretry.v1.DecisionAction\x12\x35\n\x11next_attempt_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11payment_method_id\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x10\n\x08rule_ids\x18\x07 \x03(\t\x12%\n\x04\x64\x61ta\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xda\x06\n\tRetryPlan\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\x12\n\npayment_id\x18\x02 \x01(\t\x12\x18\n\x10\x62illing_event_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x05 \x01(\t\x12%\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x15.refundretry.v1.Money\x12\x0f\n\x07gateway\x18\x07 \x01(\t\x12\x1b\n\x13retry_schedule_code\x18\x08 \x01(\t\x12\x11\n\ttime_zone\x18\t \x01(\t\x12/\n\x06status\x18\n \x01(\x0e\x32\x1f.refundretry.v1.RetryPlanStatus\x12\x15\n\rstatus_reason\x18\x0b \x01(\t\x12\x15\n\rattempt_count\x18\x0c \x01(\x05\x12\x35\n\x11next_attempt_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x0fpayment_methods\x18\x0e \x03(\x0b\x32\x1d.refundretry.v1.PaymentMethod\x12\x1c\n\x14\x63urrent_method_index\x18\x0f \x01(\x05\x12\"\n\x1awaiting_for_payment_method\x18\x10 \x01(\x08\x12\x36\n\x12\x66irst_failure_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x08\x61ttempts\x18\x12 \x03(\x0b\x32\x1e.refundretry.v1.PaymentAttempt\x12\x30\n\tdecisions\x18\x13 \x03(\x0b\x32\x1d.refundretry.v1.RetryDecision\x12/\n\x0b\x63reate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x08metadata\x18\x16 \x03(\x0b\x32\'.refundretry.v1.RetryPlan.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xd2\x01\n\x0fRetryPlanStatus\x12!\n\x1dRETRY_PLAN_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18RETRY_PLAN_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18RETRY_PLAN_STATUS_PAUSED\x10\x02\x12\x1f\n\x1bRETRY_PLAN_STATUS_RECOVERED\x10\x03\x12\x1f\n\x1bRETRY_PLAN_STATUS_EXHAUSTED\x10\x04\x12\x1e\n\x1aRETRY_PLAN_STATUS_CANCELED\x10\x05*\x80\x01\n\x0c\x44\x65\x63lineClass\x12\x1d\n\x19\x44\x45\x43LINE_CLASS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x45\x43LINE_CLASS_HARD\x10\x01\x12\x16\n\x12\x44\x45\x43LINE_CLASS_SOFT\x10\x02\x12!\n\x1d\x44\x45\x43LINE_CLASS_CUSTOMER_ACTION\x10\x03*\x93\x01\n\x0e\x44\x65\x63isionAction\x12\x1f\n\x1b\x44\x45\x43ISION_ACTION_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45\x43ISION_ACTION_RETRY\x10\x01\x12+\n\'DECISION_ACTION_WAIT_FOR_PAYMENT_METHOD\x10\x02\x12\x18\n\x14\x44\x45\x43ISION_ACTION_STOP\x10\x03*\x8a\x02\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41TTEMPT_OUTCOME_OPEN\x10\x01\x12\x1d\n\x19\x41TTEMPT_OUTCOME_SUCCEEDED\x10\x02\x12\x1c\n\x18\x41TTEMPT_OUTCOME_DECLINED\x10\x03\x12#\n\x1f\x41TTEMPT_OUTCOME_REQUIRES_ACTION\x10\x04\x12!\n\x1d\x41TTEMPT_OUTCOME_NOT_ATTEMPTED\x10\x05\x12\x1b\n\x17\x41TTEMPT_OUTCOME_UNKNOWN\x10\x06\x12\x1b\n\x17\x41TTEMPT_OUTCOME_PENDING\x10\x07*\x87\x01\n\rAttemptSource\x12\x1e\n\x1a\x41TTEMPT_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41TTEMPT_SOURCE_FAILURE\x10\x01\x12\x1c\n\x18\x41TTEMPT_SOURCE_SCHEDULED\x10\x02\x12\x1c\n\x18\x41TTEMPT_SOURCE_RETRY_NOW\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frefundretry/v1/retry_plan.proto\x12\x0erefundretry.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1crefundretry/v1/dunning.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1arefundretry/v1/money.proto\";\n\rPaymentMethod\x12\x19\n\x11payment_method_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\"S\n\x07\x44\x65\x63line\x12\x14\n\x0c\x64\x65\x63line_code\x18\x01 \x01(\t\x12\x1a\n\x12visa_response_code\x18\x02 \x01(\t\x12\x16\n\x0emc_advice_code\x18\x03 \x01(\t\"\x8a\x03\n\x0ePaymentAttempt\x12\x16\n\x0e\x61ttempt_number\x18\x01 \x01(\x05\x12-\n\x06source\x18\x02 \x01(\x0e\x32\x1d.refundretry.v1.AttemptSource\x12\x30\n\x0c\x61ttempt_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11payment_method_id\x18\x04 \x01(\t\x12\x0f\n\x07network\x18\x05 \x01(\t\x12/\n\x07outcome\x18\x06 \x01(\x0e\x32\x1e.refundretry.v1.AttemptOutcome\x12(\n\x07\x64\x65\x63line\x18\x07 \x01(\x0b\x32\x17.refundretry.v1.Decline\x12\x33\n\rdecline_class\x18\x08 \x01(\x0e\x32\x1c.refundretry.v1.DeclineClass\x12\x19\n\x11gateway_charge_id\x18\t \x01(\t\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12\x0f\n\x07message\x18\x0b \x01(\t\"\x9d\x02\n\rRetryDecision\x12\x10\n\x08sequence\x18\x01 \x01(\x05\x12/\n\x0b\x64\x65\x63ide_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1e.refundretry.v1.DecisionAction\x12\x35\n\x11next_attempt_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11payment_method_id\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x10\n\x08rule_ids\x18\x07 \x03(\t\x12%\n\x04\x64\x61ta\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xca\x07\n\tRetryPlan\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\x12\n\npayment_id\x18\x02 \x01(\t\x12\x18\n\x10\x62illing_event_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x05 \x01(\t\x12%\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x15.refundretry.v1.Money\x12\x0f\n\x07gateway\x18\x07 \x01(\t\x12\x1b\n\x13retry_schedule_code\x18\x08 \x01(\t\x12\x11\n\ttime_zone\x18\t \x01(\t\x12/\n\x06status\x18\n \x01(\x0e\x32\x1f.refundretry.v1.RetryPlanStatus\x12\x15\n\rstatus_reason\x18\x0b \x01(\t\x12\x15\n\rattempt_count\x18\x0c \x01(\x05\x12\x35\n\x11next_attempt_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x0fpayment_methods\x18\x0e \x03(\x0b\x32\x1d.refundretry.v1.PaymentMethod\x12\x1c\n\x14\x63urrent_method_index\x18\x0f \x01(\x05\x12\"\n\x1awaiting_for_payment_method\x18\x10 \x01(\x08\x12\x36\n\x12\x66irst_failure_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x08\x61ttempts\x18\x12 \x03(\x0b\x32\x1e.refundretry.v1.PaymentAttempt\x12\x30\n\tdecisions\x18\x13 \x03(\x0b\x32\x1d.refundretry.v1.RetryDecision\x12/\n\x0b\x63reate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x08metadata\x18\x16 \x03(\x0b\x32\'.refundretry.v1.RetryPlan.MetadataEntry\x12\x1d\n\x15\x64unning_campaign_code\x18\x17 \x01(\t\x12\x18\n\x10\x64unning_excluded\x18\x18 \x01(\x08\x12\x35\n\rdunning_steps\x18\x19 \x03(\x0b\x32\x1e.refundretry.v1.DunningStepRun\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xd2\x01\n\x0fRetryPlanStatus\x12!\n\x1dRETRY_PLAN_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18RETRY_PLAN_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18RETRY_PLAN_STATUS_PAUSED\x10\x02\x12\x1f\n\x1bRETRY_PLAN_STATUS_RECOVERED\x10\x03\x12\x1f\n\x1bRETRY_PLAN_STATUS_EXHAUSTED\x10\x04\x12\x1e\n\x1aRETRY_PLAN_STATUS_CANCELED\x10\x05*\x80\x01\n\x0c\x44\x65\x63lineClass\x12\x1d\n\x19\x44\x45\x43LINE_CLASS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x45\x43LINE_CLASS_HARD\x10\x01\x12\x16\n\x12\x44\x45\x43LINE_CLASS_SOFT\x10\x02\x12!\n\x1d\x44\x45\x43LINE_CLASS_CUSTOMER_ACTION\x10\x03*\x93\x01\n\x0e\x44\x65\x63isionAction\x12\x1f\n\x1b\x44\x45\x43ISION_ACTION_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45\x43ISION_ACTION_RETRY\x10\x01\x12+\n\'DECISION_ACTION_WAIT_FOR_PAYMENT_METHOD\x10\x02\x12\x18\n\x14\x44\x45\x43ISION_ACTION_STOP\x10\x03*\x8a\x02\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41TTEMPT_OUTCOME_OPEN\x10\x01\x12\x1d\n\x19\x41TTEMPT_OUTCOME_SUCCEEDED\x10\x02\x12\x1c\n\x18\x41TTEMPT_OUTCOME_DECLINED\x10\x03\x12#\n\x1f\x41TTEMPT_OUTCOME_REQUIRES_ACTION\x10\x04\x12!\n\x1d\x41TTEMPT_OUTCOME_NOT_ATTEMPTED\x10\x05\x12\x1b\n\x17\x41TTEMPT_OUTCOME_UNKNOWN\x10\x06\x12\x1b\n\x17\x41TTEMPT_OUTCOME_PENDING\x10\x07*\x87\x01\n\rAttemptSource\x12\x1e\n\x1a\x41TTEMPT_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41TTEMPT_SOURCE_FAILURE\x10\x01\x12\x1c\n\x18\x41TTEMPT_SOURCE_SCHEDULED\x10\x02\x12\x1c\n\x18\x41TTEMPT_SOURCE_RETRY_NOW\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,26 +37,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RETRYPLAN_METADATAENTRY']._loaded_options = None
   _globals['_RETRYPLAN_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_RETRYPLANSTATUS']._serialized_start=1835
-  _globals['_RETRYPLANSTATUS']._serialized_end=2045
-  _globals['_DECLINECLASS']._serialized_start=2048
-  _globals['_DECLINECLASS']._serialized_end=2176
-  _globals['_DECISIONACTION']._serialized_start=2179
-  _globals['_DECISIONACTION']._serialized_end=2326
-  _globals['_ATTEMPTOUTCOME']._serialized_start=2329
-  _globals['_ATTEMPTOUTCOME']._serialized_end=2595
-  _globals['_ATTEMPTSOURCE']._serialized_start=2598
-  _globals['_ATTEMPTSOURCE']._serialized_end=2733
-  _globals['_PAYMENTMETHOD']._serialized_start=142
-  _globals['_PAYMENTMETHOD']._serialized_end=201
-  _globals['_DECLINE']._serialized_start=203
-  _globals['_DECLINE']._serialized_end=286
-  _globals['_PAYMENTATTEMPT']._serialized_start=289
-  _globals['_PAYMENTATTEMPT']._serialized_end=683
-  _globals['_RETRYDECISION']._serialized_start=686
-  _globals['_RETRYDECISION']._serialized_end=971
-  _globals['_RETRYPLAN']._serialized_start=974
-  _globals['_RETRYPLAN']._serialized_end=1832
-  _globals['_RETRYPLAN_METADATAENTRY']._serialized_start=1785
-  _globals['_RETRYPLAN_METADATAENTRY']._serialized_end=1832
+  _globals['_RETRYPLANSTATUS']._serialized_start=1977
+  _globals['_RETRYPLANSTATUS']._serialized_end=2187
+  _globals['_DECLINECLASS']._serialized_start=2190
+  _globals['_DECLINECLASS']._serialized_end=2318
+  _globals['_DECISIONACTION']._serialized_start=2321
+  _globals['_DECISIONACTION']._serialized_end=2468
+  _globals['_ATTEMPTOUTCOME']._serialized_start=2471
+  _globals['_ATTEMPTOUTCOME']._serialized_end=2737
+  _globals['_ATTEMPTSOURCE']._serialized_start=2740
+  _globals['_ATTEMPTSOURCE']._serialized_end=2875
+  _globals['_PAYMENTMETHOD']._serialized_start=172
+  _globals['_PAYMENTMETHOD']._serialized_end=231
+  _globals['_DECLINE']._serialized_start=233
+  _globals['_DECLINE']._serialized_end=316
+  _globals['_PAYMENTATTEMPT']._serialized_start=319
+  _globals['_PAYMENTATTEMPT']._serialized_end=713
+  _globals['_RETRYDECISION']._serialized_start=716
+  _globals['_RETRYDECISION']._serialized_end=1001
+  _globals['_RETRYPLAN']._serialized_start=1004
+  _globals['_RETRYPLAN']._serialized_end=1974
+  _globals['_RETRYPLAN_METADATAENTRY']._serialized_start=1927
+  _globals['_RETRYPLAN_METADATAENTRY']._serialized_end=1974
 # @@protoc_insertion_point(module_scope)

@@ -10,6 +10,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from refundretry.v1 import dunning_pb2 as _dunning_pb2
 from refundretry.v1 import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
@@ -366,6 +367,9 @@ class RetryPlan(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    DUNNING_CAMPAIGN_CODE_FIELD_NUMBER: _builtins.int
+    DUNNING_EXCLUDED_FIELD_NUMBER: _builtins.int
+    DUNNING_STEPS_FIELD_NUMBER: _builtins.int
     plan_id: _builtins.str
     payment_id: _builtins.str
     """The failed payment's id in the billing system."""
@@ -382,6 +386,10 @@ class RetryPlan(_message.Message):
     attempt_count: _builtins.int
     current_method_index: _builtins.int
     waiting_for_payment_method: _builtins.bool
+    dunning_campaign_code: _builtins.str
+    """The dunning campaign chosen for this plan (by the customer's segment)."""
+    dunning_excluded: _builtins.bool
+    """The customer is excluded from dunning: no notices and no final action."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     @_builtins.property
@@ -402,6 +410,8 @@ class RetryPlan(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def dunning_steps(self) -> _containers.RepeatedCompositeFieldContainer[_dunning_pb2.DunningStepRun]: ...
     def __init__(
         self,
         *,
@@ -427,10 +437,13 @@ class RetryPlan(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        dunning_campaign_code: _builtins.str = ...,
+        dunning_excluded: _builtins.bool = ...,
+        dunning_steps: _abc.Iterable[_dunning_pb2.DunningStepRun] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "first_failure_time", b"first_failure_time", "next_attempt_time", b"next_attempt_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attempt_count", b"attempt_count", "attempts", b"attempts", "billing_event_id", b"billing_event_id", "create_time", b"create_time", "current_method_index", b"current_method_index", "customer_id", b"customer_id", "decisions", b"decisions", "first_failure_time", b"first_failure_time", "gateway", b"gateway", "metadata", b"metadata", "next_attempt_time", b"next_attempt_time", "payment_id", b"payment_id", "payment_methods", b"payment_methods", "plan_id", b"plan_id", "retry_schedule_code", b"retry_schedule_code", "status", b"status", "status_reason", b"status_reason", "subscription_id", b"subscription_id", "time_zone", b"time_zone", "update_time", b"update_time", "waiting_for_payment_method", b"waiting_for_payment_method"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attempt_count", b"attempt_count", "attempts", b"attempts", "billing_event_id", b"billing_event_id", "create_time", b"create_time", "current_method_index", b"current_method_index", "customer_id", b"customer_id", "decisions", b"decisions", "dunning_campaign_code", b"dunning_campaign_code", "dunning_excluded", b"dunning_excluded", "dunning_steps", b"dunning_steps", "first_failure_time", b"first_failure_time", "gateway", b"gateway", "metadata", b"metadata", "next_attempt_time", b"next_attempt_time", "payment_id", b"payment_id", "payment_methods", b"payment_methods", "plan_id", b"plan_id", "retry_schedule_code", b"retry_schedule_code", "status", b"status", "status_reason", b"status_reason", "subscription_id", b"subscription_id", "time_zone", b"time_zone", "update_time", b"update_time", "waiting_for_payment_method", b"waiting_for_payment_method"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
