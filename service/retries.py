@@ -526,6 +526,12 @@ async def change_status(
         current = PlanStatus(plan["status"])
         check_plan_transition(current, target)
         _no_attempt_in_flight(plan)
+        pending = await retries.open_attempt(conn, plan_id)
+        if pending is not None and target is PlanStatus.CANCELED:
+            raise FailedPrecondition(
+                f"the outcome of attempt {pending['attempt_number']} is not known yet (the "
+                "gateway may have charged); the billing job replays it with the same key"
+            )
         await retries.set_status(conn, plan_id, target, [current], reason)
         if target is PlanStatus.ACTIVE and not plan["waiting_for_method"]:
             plan = await _locked_plan(conn, plan_id)

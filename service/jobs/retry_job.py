@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 
 AfterCharge = Callable[[ChargeRequest, ChargeOutcome], Awaitable[None]]
 TRANSIENT_DB_RETRIES = 3
+# Gateways keep idempotency keys for a limited time (Stripe: 24 hours): an attempt whose
+# outcome stays unknown longer than this pauses the plan for a person to check.
+UNKNOWN_GIVE_UP_AFTER = timedelta(hours=20)
 # How old the success statistics may get before a job run rebuilds them.
 STATS_MAX_AGE = timedelta(minutes=10)
 
@@ -92,6 +95,7 @@ class _Opened:
     attempt_id: uuid.UUID
     gateway: str
     retry_of_class: str
+    started_at: datetime
 
 
 class RetryJob:
@@ -260,7 +264,9 @@ class RetryJob:
                 method_id = open_attempt["payment_method_id"]
                 attempt_id = open_attempt["attempt_id"]
                 retry_of = open_attempt["retry_of_class"]
+                started_at = open_attempt["attempted_at"]
             else:
+                started_at = now
                 method = methods[plan["method_index"]]
                 violation = check_attempt(
                     method.payment_method_id,
@@ -312,7 +318,7 @@ class RetryJob:
                 attempt=number,
                 metadata=plan["metadata"],
             )
-            return _Opened(request, attempt_id, plan["gateway"], retry_of)
+            return _Opened(request, attempt_id, plan["gateway"], retry_of, started_at)
 
     async def _reschedule(
         self,
@@ -375,6 +381,17 @@ class RetryJob:
                 await self._attempted(
                     conn, plan_id, opened, will_retry=True, next_at=now + self._unknown_replay
                 )
+                if now - opened.started_at > UNKNOWN_GIVE_UP_AFTER:
+                    # Before the gateway forgets the idempotency key, a person must look.
+                    await plans.set_status(
+                        conn,
+                        plan_id,
+                        PlanStatus.PAUSED,
+                        [PlanStatus.ACTIVE],
+                        f"the outcome of attempt {opened.request.attempt} is unknown since "
+                        f"{opened.started_at.isoformat()}: check "
+                        f"{opened.request.idempotency_key} at the gateway, then resume",
+                    )
                 return "unknown"
             if outcome.kind is OutcomeKind.SUCCEEDED:
                 await plans.finish_attempt(

@@ -502,3 +502,35 @@ async def test_replayed_failure_returns_the_same_plan(client: Client, db: Databa
     assert again.plan.plan_id == first.plan.plan_id
     assert again.plan.attempt_count == 1
     assert await counts(db) == before
+
+
+async def test_an_unknown_outcome_is_replayed_with_the_same_key_and_blocks_cancel(
+    client: Client, db: Database
+) -> None:
+    plan_id = (await record(client, failure(outcome="timeout"))).plan.plan_id
+    first = await run_retries(client, ahead=timedelta(minutes=2))
+    assert first.outcomes_unknown == 1
+    unknown = await plan_of(client, plan_id)
+    assert unknown.attempts[-1].outcome == AO.ATTEMPT_OUTCOME_UNKNOWN
+    error = await rpc_error(
+        client.call(
+            "t-ops",
+            "CancelRetryPlan",
+            pb.CancelRetryPlanRequest(request_id=b.request_id(), plan_id=plan_id),
+        )
+    )
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not known yet" in (error.details() or "")
+    keys: list[str] = []
+
+    def answer(request: ChargeRequest) -> ChargeOutcome:
+        keys.append(request.idempotency_key)
+        return ChargeOutcome(OutcomeKind.SUCCEEDED, gateway_charge_id="ch_late")
+
+    context = client.service.billing_job.retry_job.context  # type: ignore[union-attr]
+    job = RetryJob(db, {"sandbox": SandboxGateway(charge_decider=answer)}, context)
+    assert (await job.run(due_by=datetime.now(UTC) + timedelta(minutes=2))).recovered == 1
+    assert keys == [f"retry-{plan_id}-attempt-2"]
+    done = await plan_of(client, plan_id)
+    assert done.status == PS.RETRY_PLAN_STATUS_RECOVERED
+    assert done.attempt_count == 2
