@@ -143,6 +143,12 @@ async def finish_attempt(
     )
 
 
+async def next_attempt_number(conn: Connection, plan_id: uuid.UUID) -> int:
+    number = await conn.fetchval(Q["next_attempt_number"], plan_id)
+    assert isinstance(number, int)
+    return number
+
+
 async def open_attempt(conn: Connection, plan_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(Q["open_attempt"], plan_id)
 

@@ -396,7 +396,7 @@ async def record_payment_failure(
             assert plan is not None
         classification = classify(cmd.decline)
         now = datetime.now(UTC)
-        attempt_number = plan["attempt_count"] + 1
+        attempt_number = await retries.next_attempt_number(conn, plan_id)
         hour, day, days = slot_of(
             cmd.failed_at, ZoneInfo(plan["time_zone"]), plan["first_failed_at"]
         )
@@ -427,7 +427,7 @@ async def record_payment_failure(
             last=classification,
             decline_code=cmd.decline.code,
             failed_at=cmd.failed_at,
-            attempts_made=attempt_number,
+            attempts_made=plan["attempt_count"] + 1,
             actor=principal.name,
             now=now,
             context=context,

@@ -35,6 +35,11 @@ UPDATE payment_attempt
  WHERE attempt_id = $1 AND outcome IN ('OPEN', 'UNKNOWN')
 RETURNING *;
 
+-- name: next_attempt_number
+-- Attempt numbers (and so idempotency keys) never repeat, even when an attempt that never
+-- reached the gateway does not count against the schedule.
+SELECT coalesce(max(attempt_number), 0) + 1 FROM payment_attempt WHERE plan_id = $1;
+
 -- name: open_attempt
 SELECT * FROM payment_attempt
  WHERE plan_id = $1 AND outcome IN ('OPEN', 'UNKNOWN')

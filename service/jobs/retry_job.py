@@ -280,7 +280,7 @@ class RetryJob:
                         conn, plan, violation.rule_id, violation.message, violation.retry_at
                     )
                     return "blocked_by_rules"
-                number = plan["attempt_count"] + 1
+                number = await plans.next_attempt_number(conn, plan_id)
                 method_id = method.payment_method_id
                 retry_of = await _last_decline_class(conn, plan_id)
                 hour, day, days = slot_of(now, ZoneInfo(plan["time_zone"]), plan["first_failed_at"])
@@ -307,7 +307,7 @@ class RetryJob:
                     next_attempt_at=plan["next_attempt_at"],
                     method_index=plan["method_index"],
                     waiting_for_method=False,
-                    attempt_count=number,
+                    attempt_count=plan["attempt_count"] + 1,  # attempts that reach the issuer
                 )
             request = ChargeRequest(
                 plan_id=str(plan_id),
