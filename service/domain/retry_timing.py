@@ -340,8 +340,14 @@ def _days_since_weight(days: int) -> float:
 
 _DAYS_SINCE_WEIGHTS = tuple(_days_since_weight(d) for d in range(MAX_DAYS_SINCE_FAILURE + 1))
 
+# Strength 100: each bucket needs about a hundred attempts before its own rate outweighs the
+# prior. Measured with `refund-retry simulate --payments 1000 --seed 1..3`: strength 20 let
+# thin, schedule-biased buckets (e.g. 0/13 at one hour) steer the smart schedule and it
+# recovered 475 on seed 2; 100 recovered 502, 400 recovered 526 while fixed recovered 390. The
+# three dimensions are still estimated separately (naive Bayes), which double-counts factors
+# the schedule itself correlates; fitting them jointly is the better fix.
 DEFAULT_PRIOR = SuccessPrior(
-    strength=20.0,
+    strength=100.0,
     hour_weights=_HOUR_WEIGHTS,
     day_of_month_weights=_DEFAULT_DAY_WEIGHTS,
     days_since_failure_weights=_DAYS_SINCE_WEIGHTS,
@@ -349,7 +355,7 @@ DEFAULT_PRIOR = SuccessPrior(
     name="default",
 )
 PAYDAY_PRIOR = SuccessPrior(
-    strength=20.0,
+    strength=100.0,
     hour_weights=_HOUR_WEIGHTS,
     day_of_month_weights=_PAYDAY_DAY_WEIGHTS,
     days_since_failure_weights=_DAYS_SINCE_WEIGHTS,
