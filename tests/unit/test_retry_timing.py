@@ -500,7 +500,9 @@ def test_reason_and_data_name_the_factors() -> None:
         "base_rate": 0.2,
     }
     # the observed 60% (100 attempts), pulled toward the prior by its strength
-    assert 0.25 < data["hour_rate"] < 0.6
+    hour_rate = data["hour_rate"]
+    assert isinstance(hour_rate, float)
+    assert 0.25 < hour_rate < 0.6
     assert data["score"] == pytest.approx(choice.score, abs=1e-4)
     assert isinstance(data["candidates"], int)
     assert data["candidates"] > 80
