@@ -535,7 +535,7 @@ async def change_status(
         await retries.set_status(conn, plan_id, target, [current], reason)
         if target is PlanStatus.ACTIVE and not plan["waiting_for_method"]:
             plan = await _locked_plan(conn, plan_id)
-            await _redecide(conn, plan, actor=principal.name, context=context)
+            await redecide(conn, plan, actor=principal.name, context=context)
         row = await view(conn, plan_id)
         action = {
             PlanStatus.PAUSED: "retry.paused",
@@ -563,10 +563,11 @@ async def _last_failure(conn: Connection, plan_id: uuid.UUID) -> dict[str, Any]:
     return failures[-1]
 
 
-async def _redecide(
+async def redecide(
     conn: Connection, plan: asyncpg.Record, *, actor: str, context: RetryContext
 ) -> Decision:
-    """Decide again from the plan's last failure (after resume or a new payment method)."""
+    """Decide again from the plan's last failure: after resume, or when the billing job's guard
+    refuses a due attempt (the new time then respects the allowed hours and the span too)."""
     last = await _last_failure(conn, plan["plan_id"])
     network = CardNetwork(last["network"])
     decline = Decline(

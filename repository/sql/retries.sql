@@ -46,11 +46,22 @@ SELECT * FROM payment_attempt
  ORDER BY attempt_number DESC LIMIT 1;
 
 -- name: card_history
--- Attempts on these cards within the networks' longest window, from every plan.
+-- What the network rules need about these cards, from every plan: attempts within the
+-- longest window, every decline that forbids the card for good however old (a Visa
+-- category-1 or Mastercard 03/21 decline is classified HARD), and each card's first decline
+-- (the Visa limit counts reattempts after it).
 SELECT attempted_at, payment_method_id, network, outcome, decline_code, visa_response_code,
        mc_advice_code
   FROM payment_attempt
- WHERE payment_method_id = ANY($1::text[]) AND attempted_at > $2
+ WHERE payment_method_id = ANY($1::text[]) AND (attempted_at > $2 OR decline_class = 'HARD')
+UNION
+SELECT * FROM (
+    SELECT DISTINCT ON (payment_method_id) attempted_at, payment_method_id, network, outcome,
+           decline_code, visa_response_code, mc_advice_code
+      FROM payment_attempt
+     WHERE payment_method_id = ANY($1::text[]) AND outcome IN ('DECLINED', 'REQUIRES_ACTION')
+     ORDER BY payment_method_id, attempted_at
+) first_declines
  ORDER BY attempted_at;
 
 -- name: next_decision_sequence

@@ -112,7 +112,11 @@ def _slot(
     last: Classification,
     stats: Mapping[DeclineClass, SuccessStats],
     code: str,
+    *,
+    at_once: bool = False,
 ) -> SlotChoice | None:
+    if at_once:  # another payment method, tried as soon as the allowed hours permit
+        return fixed_slot(earliest=earliest, zone=state.zone, hours=schedule.allowed_hours)
     if schedule.timing is Timing.SMART:
         prior = PAYDAY_PRIOR if code == "insufficient_funds" else DEFAULT_PRIOR
         return smart_slot(
@@ -203,10 +207,11 @@ def decide(
         index = (index + 1) % len(state.methods)
         reasons.append(f"rotating to payment method {state.methods[index].payment_method_id}")
 
+    forced = must_switch  # a card that may not be retried: the next one is tried at once
     for _ in range(len(state.methods)):
         method = state.methods[index]
         switched = index != state.method_index
-        gap = timedelta(0) if switched else schedule.gap_after(state.attempts_made)
+        gap = timedelta(0) if forced else schedule.gap_after(state.attempts_made)
         earliest = max(failed_at + gap, now)
         data: dict[str, object] = {
             "decline_class": last.decline_class.value,
@@ -235,6 +240,7 @@ def decide(
             rules,
             reasons,
             data,
+            at_once=forced,
         )
         if at is not None:
             if deadline is not None and at > deadline:
@@ -258,6 +264,21 @@ def decide(
             blocked,
         )
         if following is None:
+            if last.decline_class is DeclineClass.CUSTOMER_ACTION and not last.never_retry_card:
+                return Decision(
+                    Action.WAIT_FOR_PAYMENT_METHOD,
+                    None,
+                    state.method_index,
+                    "; ".join(
+                        [
+                            *reasons,
+                            "the customer is notified and the payment is retried as "
+                            "soon as they add a payment method",
+                        ]
+                    ),
+                    tuple(rules),
+                    data,
+                )
             return _stop("; ".join(reasons), state, rules, **data)
         index = following
         reasons.append(f"switching to payment method {state.methods[index].payment_method_id}")
@@ -278,20 +299,33 @@ def _choose_time(
     rules: list[str],
     reasons: list[str],
     data: dict[str, object],
+    *,
+    at_once: bool = False,
 ) -> datetime | None:
     """A time in [earliest, latest] that the schedule likes and the network rules allow, or
     None when the rules never allow this card again (rules and reasons say why)."""
     allowed = earliest_allowed(method.payment_method_id, method.network, earliest, history, limits)
-    if allowed is None:
+    if allowed is None or allowed > earliest:
+        # A rule decides the earliest time (or forbids the card): say which.
         violation = check_attempt(
             method.payment_method_id, method.network, earliest, history, limits
         )
         if violation is not None:
             rules.append(violation.rule_id)
             reasons.append(violation.message)
+    if allowed is None:
         return None
     for _ in range(_MAX_RULE_PUSHES):
-        slot = _slot(schedule, allowed, max(latest, allowed), state, last, stats, decline_code)
+        slot = _slot(
+            schedule,
+            allowed,
+            max(latest, allowed),
+            state,
+            last,
+            stats,
+            decline_code,
+            at_once=at_once,
+        )
         if slot is None:
             reasons.append("no allowed hour before the end of the window")
             return None

@@ -39,7 +39,6 @@ from service.domain.money import Money
 from service.domain.network_rules import check_attempt
 from service.domain.retry_plan import (
     Action,
-    Decision,
     PlanStatus,
     check_plan_transition,
     plan_sources_of,
@@ -52,8 +51,8 @@ from service.retries import (
     card_history,
     decide_and_apply,
     plan_methods,
+    redecide,
     slot_of,
-    store_decision,
     view,
 )
 
@@ -276,9 +275,17 @@ class RetryJob:
                     self.context.limits,
                 )
                 if violation is not None:
-                    await self._reschedule(
-                        conn, plan, violation.rule_id, violation.message, violation.retry_at
+                    log.info(
+                        "retry plan %s: %s refuses the attempt now; deciding again",
+                        plan_id,
+                        violation.rule_id,
+                        extra={
+                            "action": "retry_job.guard",
+                            "plan_id": str(plan_id),
+                            "rule_id": violation.rule_id,
+                        },
                     )
+                    await self._reschedule(conn, plan)
                     return "blocked_by_rules"
                 number = await plans.next_attempt_number(conn, plan_id)
                 method_id = method.payment_method_id
@@ -320,34 +327,10 @@ class RetryJob:
             )
             return _Opened(request, attempt_id, plan["gateway"], retry_of, started_at)
 
-    async def _reschedule(
-        self,
-        conn: Connection,
-        plan: asyncpg.Record,
-        rule_id: str,
-        message: str,
-        retry_at: datetime | None,
-    ) -> None:
-        """A rule forbids the attempt now: move it to when the rule allows, or stop."""
-        if retry_at is None:
-            decision = Decision(
-                Action.STOP,
-                None,
-                plan["method_index"],
-                f"checked before the attempt: {message}",
-                (rule_id,),
-            )
-        else:
-            decision = Decision(
-                Action.RETRY,
-                retry_at,
-                plan["method_index"],
-                f"checked before the attempt: {message}",
-                (rule_id,),
-            )
-        await store_decision(
-            conn, plan, decision, attempts_made=plan["attempt_count"], actor=SYSTEM.name
-        )
+    async def _reschedule(self, conn: Connection, plan: asyncpg.Record) -> None:
+        """A rule forbids the attempt now: decide again (with the rule in the history, the new
+        time is when it allows, in the allowed hours and within the span; or stop)."""
+        await redecide(conn, plan, actor=SYSTEM.name, context=self.context)
         await plans.release_lease(conn, plan["plan_id"], self.worker_id)
 
     async def _record(self, plan_id: uuid.UUID, opened: _Opened, outcome: ChargeOutcome) -> str:
