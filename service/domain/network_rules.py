@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from service.domain.decline_codes import CardNetwork, Classification
+from service.domain.decline_codes import CardNetwork, Classification, DeclineClass
 from service.errors import InvalidArgument
 
 DAY = timedelta(hours=24)
@@ -297,3 +297,27 @@ def _duration(span: timedelta) -> str:
 def _require_aware(at: datetime, field: str) -> None:
     if at.tzinfo is None or at.utcoffset() is None:
         raise InvalidArgument(field, "must be a timezone-aware time")
+
+
+def relevant_history(
+    attempts: Sequence[PastAttempt], now: datetime, window: timedelta
+) -> list[PastAttempt]:
+    """What the rules need to know about some cards at ``now``, oldest first: the attempts
+    after ``now - window``, every decline that forbids a card for good however old (HARD: a
+    Visa category-1 or Mastercard 03/21 decline is one), and each card's first decline (the
+    Visa limit counts the reattempts after it). ``service.retries.card_history`` reads the
+    same rows from the database."""
+    ordered = sorted((a for a in attempts if a.at <= now), key=lambda a: a.at)
+    first_declines: dict[str, PastAttempt] = {}
+    for attempt in ordered:
+        if not attempt.approved:
+            first_declines.setdefault(attempt.card, attempt)
+    firsts = {id(a) for a in first_declines.values()}
+    since = now - window
+    return [
+        a
+        for a in ordered
+        if a.at > since
+        or id(a) in firsts
+        or (a.classification is not None and a.classification.decline_class is DeclineClass.HARD)
+    ]

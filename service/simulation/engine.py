@@ -74,6 +74,7 @@ from service.domain.network_rules import (
     PastAttempt,
     check_attempt,
     earliest_allowed,
+    relevant_history,
 )
 from service.domain.retry_plan import Action, Decision, Method, PlanState, decide
 from service.domain.retry_schedule import RetrySchedule, Timing, WalletPolicy
@@ -274,10 +275,9 @@ class _Plan:
         )
 
     def card_history(self, now: datetime) -> list[PastAttempt]:
-        """The plan's cards' attempts of the last HISTORY_WINDOW, as the application reads them
-        (every simulated card belongs to one plan)."""
-        since = now - HISTORY_WINDOW
-        return [a for a in self.history if a.at >= since]
+        """The plan's cards' history as the application reads it (every simulated card
+        belongs to one plan)."""
+        return relevant_history(self.history, now, HISTORY_WINDOW)
 
     def state(self) -> PlanState:
         payment = self.payment
@@ -604,18 +604,13 @@ class ScheduleSimulation(_Runner):
             plan.card_history(now),
             self.limits,
         )
-        if violation is not None:
+        if violation is not None:  # as RetryJob._reschedule: decide again from the last failure
             plan.guard_reschedules += 1
-            self._apply(
-                plan,
-                Decision(
-                    Action.STOP if violation.retry_at is None else Action.RETRY,
-                    violation.retry_at,
-                    plan.method_index,
-                    f"checked before the attempt: {violation.message}",
-                    (violation.rule_id,),
-                ),
+            last = next(a for a in reversed(plan.attempts) if not a.approved)
+            decline = Decline(
+                last.decline_code, last.network, last.visa_response_code, last.mc_advice_code
             )
+            self._decide(plan, classify(decline), decline.code, last.at, now)
             return
         classification = await self.charge(plan, now)
         if classification is None:

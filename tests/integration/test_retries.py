@@ -534,3 +534,20 @@ async def test_an_unknown_outcome_is_replayed_with_the_same_key_and_blocks_cance
     done = await plan_of(client, plan_id)
     assert done.status == PS.RETRY_PLAN_STATUS_RECOVERED
     assert done.attempt_count == 2
+
+
+async def test_a_card_declined_for_good_long_ago_is_still_never_retried(client: Client) -> None:
+    """The network-rule history keeps HARD declines however old (not only the last 31 days)."""
+    old = await record(
+        client,
+        failure(
+            card="pm_old_visa",
+            code="generic_decline",
+            visa="04",
+            at=datetime.now(UTC) - timedelta(days=40),
+        ),
+    )
+    assert old.plan.status == PS.RETRY_PLAN_STATUS_EXHAUSTED
+    fresh = await record(client, failure(card="pm_old_visa", code="insufficient_funds"))
+    assert fresh.decision.action == DA.DECISION_ACTION_STOP
+    assert "visa.category1" in fresh.decision.rule_ids

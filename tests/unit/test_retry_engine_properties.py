@@ -31,7 +31,13 @@ from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
 
 from service.domain.decline_codes import CardNetwork, Decline, DeclineClass, classify
-from service.domain.network_rules import DEFAULT_LIMITS, NetworkLimits, PastAttempt, check_attempt
+from service.domain.network_rules import (
+    DEFAULT_LIMITS,
+    NetworkLimits,
+    PastAttempt,
+    check_attempt,
+    relevant_history,
+)
 from service.domain.retry_plan import Action, Decision, Method, PlanState, PlanStatus, decide
 from service.domain.retry_schedule import RetrySchedule, Timing, WalletPolicy
 from service.domain.retry_timing import AllowedHours, Rate, SuccessStats
@@ -245,15 +251,10 @@ class World:
     # -- the application's feed and the job's steps --
 
     def history(self, plan: SimPlan, now: datetime) -> list[PastAttempt]:
-        """As ``service.retries.card_history``: the plan's cards' attempts from every plan made
-        after ``now - HISTORY_WINDOW``, every HARD decline however old, and each card's first
-        decline; oldest first."""
+        """As ``service.retries.card_history``: the plan's cards' attempts from every plan,
+        filtered like the application's query (``network_rules.relevant_history``)."""
         cards = {m.payment_method_id for m in plan.methods}
-        first_declines: dict[str, int] = {}
-        for a in sorted(self.made, key=lambda a: a.at):
-            if a.decline is not None and a.card in cards:
-                first_declines.setdefault(a.card, a.seq)
-        return [
+        attempts = [
             PastAttempt(
                 a.at,
                 a.card,
@@ -261,17 +262,10 @@ class World:
                 a.decline is None,
                 None if a.decline is None else classify(a.decline),
             )
-            for a in sorted(self.made, key=lambda a: a.at)
+            for a in self.made
             if a.card in cards
-            and a.at <= now
-            and (
-                a.at > now - HISTORY_WINDOW
-                or a.seq in first_declines.values()
-                or (
-                    a.decline is not None and classify(a.decline).decline_class is DeclineClass.HARD
-                )
-            )
         ]
+        return relevant_history(attempts, now, HISTORY_WINDOW)
 
     def _record(self, plan: SimPlan, at: datetime, source: Source, decline: Decline | None) -> None:
         method = plan.methods[plan.method_index]
