@@ -149,6 +149,12 @@ async def next_attempt_number(conn: Connection, plan_id: uuid.UUID) -> int:
     return number
 
 
+async def last_decline_class(conn: Connection, plan_id: uuid.UUID) -> str:
+    """The class of the plan's latest decline ("" before any)."""
+    value = await conn.fetchval(Q["last_decline_class"], plan_id)
+    return value if isinstance(value, str) else ""
+
+
 async def open_attempt(conn: Connection, plan_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(Q["open_attempt"], plan_id)
 

@@ -40,6 +40,11 @@ RETURNING *;
 -- reached the gateway does not count against the schedule.
 SELECT coalesce(max(attempt_number), 0) + 1 FROM payment_attempt WHERE plan_id = $1;
 
+-- name: last_decline_class
+SELECT decline_class FROM payment_attempt
+ WHERE plan_id = $1 AND decline_class <> ''
+ ORDER BY attempt_number DESC LIMIT 1;
+
 -- name: open_attempt
 SELECT * FROM payment_attempt
  WHERE plan_id = $1 AND outcome IN ('OPEN', 'UNKNOWN')

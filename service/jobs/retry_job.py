@@ -289,7 +289,7 @@ class RetryJob:
                     return "blocked_by_rules"
                 number = await plans.next_attempt_number(conn, plan_id)
                 method_id = method.payment_method_id
-                retry_of = await _last_decline_class(conn, plan_id)
+                retry_of = await plans.last_decline_class(conn, plan_id)
                 hour, day, days = slot_of(now, ZoneInfo(plan["time_zone"]), plan["first_failed_at"])
                 attempt_id = await plans.insert_attempt(
                     conn,
@@ -512,9 +512,3 @@ def _network(text: str) -> CardNetwork | None:
         return CardNetwork(text.upper()) if text else None
     except ValueError:
         return CardNetwork.OTHER
-
-
-async def _last_decline_class(conn: Connection, plan_id: uuid.UUID) -> str:
-    row = await view(conn, plan_id)
-    declined = [a for a in row["attempts"] if a["decline_class"]]
-    return str(declined[-1]["decline_class"]) if declined else ""
