@@ -284,8 +284,8 @@ async def test_stripe_unreachable_does_not_use_up_an_attempt(
     db: Database,
     stripe_server: StripeStubServer,
     stripe_schedule: str,
-    make_stripe_gateway: MakeStripeGateway,  # noqa: F811
-    dead_port: int,  # noqa: F811
+    make_stripe_gateway: MakeStripeGateway,
+    dead_port: int,
 ) -> None:
     stripe_server.add_card("pm_visa_ok", customer=CUSTOMER)
     gateway = make_stripe_gateway(api_base=f"http://127.0.0.1:{dead_port}", timeout_seconds=2)
@@ -311,8 +311,8 @@ async def test_after_stripe_was_unreachable_the_next_run_charges_and_recovers(
     db: Database,
     stripe_server: StripeStubServer,
     stripe_schedule: str,
-    make_stripe_gateway: MakeStripeGateway,  # noqa: F811
-    dead_port: int,  # noqa: F811
+    make_stripe_gateway: MakeStripeGateway,
+    dead_port: int,
 ) -> None:
     stripe_server.add_card("pm_visa_ok", customer=CUSTOMER)
     gateway = make_stripe_gateway(api_base=f"http://127.0.0.1:{dead_port}", timeout_seconds=2)

@@ -38,7 +38,7 @@ from tests.stripe_server import RecordedRequest, StripeStubServer
 
 
 @pytest.fixture
-async def gateway(make_stripe_gateway: MakeStripeGateway) -> StripeGateway:  # noqa: F811
+async def gateway(make_stripe_gateway: MakeStripeGateway) -> StripeGateway:
     return make_stripe_gateway()
 
 
@@ -77,7 +77,7 @@ def test_stripe_gateway_implements_the_charging_gateway_protocol() -> None:
 
 async def test_charge_succeeds_off_session(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_card("pm_1", customer="cus_1", network="visa")
 
@@ -102,7 +102,7 @@ async def test_charge_succeeds_off_session(
 
 async def test_a_zero_decimal_currency_is_sent_in_its_minor_units(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_card("pm_jpy", customer="cus_jp", network="jcb")
 
@@ -116,7 +116,7 @@ async def test_a_zero_decimal_currency_is_sent_in_its_minor_units(
 
 async def test_a_charged_payment_intent_can_be_refunded(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_card("pm_1", customer="cus_1")
     charged = await gateway.charge(charge_request(minor_units=3000))
@@ -137,7 +137,7 @@ async def test_a_charged_payment_intent_can_be_refunded(
 
 async def test_processing_is_pending(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_card("pm_slow_bank", customer="cus_1", behaviour="processing")
 
@@ -182,7 +182,7 @@ async def test_processing_is_pending(
 )
 async def test_a_decline_carries_its_code_and_network_codes(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
     network: str,
     behaviour: str,
     expected: tuple[str, str, str, str],
@@ -207,7 +207,7 @@ async def test_a_decline_carries_its_code_and_network_codes(
 
 async def test_authentication_required_off_session_requires_action(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_card("pm_3ds", customer="cus_1", network="visa", behaviour="requires_action")
 
@@ -222,7 +222,7 @@ async def test_authentication_required_off_session_requires_action(
 
 async def test_an_unknown_payment_method_is_declined_for_good(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_card("pm_1", customer="cus_1")
 
@@ -236,8 +236,8 @@ async def test_an_unknown_payment_method_is_declined_for_good(
 
 
 async def test_wrong_api_key_is_declined_and_never_shown(
-    make_stripe_gateway: MakeStripeGateway,  # noqa: F811
-    stripe_server: StripeStubServer,  # noqa: F811
+    make_stripe_gateway: MakeStripeGateway,
+    stripe_server: StripeStubServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     stripe_server.add_card("pm_1", customer="cus_1")
@@ -261,7 +261,7 @@ async def test_wrong_api_key_is_declined_and_never_shown(
 
 async def test_the_same_key_twice_makes_one_payment_intent(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_card("pm_1", customer="cus_1")
     request = charge_request()
@@ -277,7 +277,7 @@ async def test_the_same_key_twice_makes_one_payment_intent(
 
 async def test_a_replayed_decline_is_the_same_decline(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_card(
         "pm_1", customer="cus_1", network="mastercard", behaviour="decline:do_not_honor:05:02"
@@ -299,7 +299,7 @@ async def test_a_replayed_decline_is_the_same_decline(
 
 async def test_a_new_attempt_key_is_a_new_payment_intent(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_card("pm_1", customer="cus_1", behaviour="decline:insufficient_funds:51")
 
@@ -316,7 +316,7 @@ async def test_a_new_attempt_key_is_a_new_payment_intent(
 
 async def test_500_then_success_is_retried_with_the_same_key(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     stripe_server.add_card("pm_flaky", customer="cus_1", behaviour="fail_with_500:1")
@@ -339,7 +339,7 @@ async def test_500_then_success_is_retried_with_the_same_key(
 
 async def test_500_every_time_is_unknown_and_retryable(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_card("pm_down", customer="cus_1", behaviour="fail_with_500:100")
 
@@ -354,7 +354,7 @@ async def test_500_every_time_is_unknown_and_retryable(
 
 async def test_429_every_time_is_not_attempted(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_card("pm_busy", customer="cus_1", behaviour="rate_limit:100")
 
@@ -369,7 +369,7 @@ async def test_429_every_time_is_not_attempted(
 
 async def test_429_after_a_500_is_unknown(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_card("pm_mixed", customer="cus_1", behaviour="fail_with_500:1,rate_limit:9")
 
@@ -381,8 +381,8 @@ async def test_429_after_a_500_is_unknown(
 
 
 async def test_nothing_listening_is_not_attempted(
-    make_stripe_gateway: MakeStripeGateway,  # noqa: F811
-    dead_port: int,  # noqa: F811
+    make_stripe_gateway: MakeStripeGateway,
+    dead_port: int,
 ) -> None:
     gateway = make_stripe_gateway(api_base=f"http://127.0.0.1:{dead_port}")
 
@@ -394,8 +394,8 @@ async def test_nothing_listening_is_not_attempted(
 
 
 async def test_timeout_is_unknown_and_a_replay_with_the_key_finds_the_charge(
-    make_stripe_gateway: MakeStripeGateway,  # noqa: F811
-    stripe_server: StripeStubServer,  # noqa: F811
+    make_stripe_gateway: MakeStripeGateway,
+    stripe_server: StripeStubServer,
 ) -> None:
     # The stub takes 0.6 s on the first POST: the answer is lost, the card is still charged.
     stripe_server.add_card("pm_timeout", customer="cus_1", behaviour="slow:0.6:1")
@@ -526,7 +526,7 @@ def test_a_card_error_without_network_details() -> None:
 
 
 async def test_stub_payment_intents_answer_like_stripe(
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_card("pm_raw", customer="cus_raw", network="mastercard")
     stripe_server.add_card(

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Protocol
+from collections.abc import Mapping
 
 import httpx
 import pytest
@@ -17,57 +15,18 @@ import pytest
 from service.domain.money import Money
 from service.gateways.base import OutcomeKind, RefundErrorCode, RefundRequest
 from service.gateways.stripe_gateway import StripeGateway
-from tests.integration.conftest_stripe import stripe_server  # noqa: F401
+from tests.integration.conftest_stripe import (  # noqa: F401  (fixtures)
+    MakeStripeGateway,
+    dead_port,
+    make_stripe_gateway,
+    stripe_server,
+)
 from tests.stripe_server import RecordedRequest, StripeStubServer
 
 
-class MakeGateway(Protocol):
-    def __call__(
-        self,
-        *,
-        api_key: str | None = None,
-        api_base: str | None = None,
-        max_attempts: int = 3,
-        timeout_seconds: float = 5.0,
-    ) -> StripeGateway: ...
-
-
 @pytest.fixture
-async def make_gateway(stripe_server: StripeStubServer) -> AsyncIterator[MakeGateway]:  # noqa: F811
-    made: list[StripeGateway] = []
-
-    def make(
-        *,
-        api_key: str | None = None,
-        api_base: str | None = None,
-        max_attempts: int = 3,
-        timeout_seconds: float = 5.0,
-    ) -> StripeGateway:
-        gateway = StripeGateway(
-            api_key or stripe_server.api_key,
-            api_base or stripe_server.base_url,
-            max_attempts=max_attempts,
-            timeout_seconds=timeout_seconds,
-        )
-        made.append(gateway)
-        return gateway
-
-    yield make
-    for gateway in made:
-        await gateway.close()
-
-
-@pytest.fixture
-async def gateway(make_gateway: MakeGateway) -> StripeGateway:
-    return make_gateway()
-
-
-@pytest.fixture
-def dead_port() -> Iterator[int]:
-    """A port nothing listens on: bound (so no one else takes it) but not listening."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
+async def gateway(make_stripe_gateway: MakeStripeGateway) -> StripeGateway:
+    return make_stripe_gateway()
 
 
 def refund_request(
@@ -99,7 +58,7 @@ def refund_posts(server: StripeStubServer) -> list[RecordedRequest]:
 
 async def test_full_refund_succeeds(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_payment("pi_full", amount=5000)
 
@@ -124,7 +83,7 @@ async def test_full_refund_succeeds(
 
 async def test_partial_refunds_until_the_charge_is_fully_refunded(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_payment("pi_partial", amount=5000)
 
@@ -142,7 +101,7 @@ async def test_partial_refunds_until_the_charge_is_fully_refunded(
 
 async def test_a_charge_id_is_sent_as_charge(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_payment("ch_legacy", amount=1200)
 
@@ -168,7 +127,7 @@ async def test_a_charge_id_is_sent_as_charge(
 )
 async def test_only_stripes_reasons_are_sent(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
     reason: str,
     sent: str | None,
 ) -> None:
@@ -187,7 +146,7 @@ async def test_only_stripes_reasons_are_sent(
 
 async def test_pending_refund_is_fetched_until_it_succeeds(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_payment("pi_slow_bank", amount=4000, behaviour="pending_then_succeed")
     request = refund_request("pi_slow_bank", 4000)
@@ -208,7 +167,7 @@ async def test_pending_refund_is_fetched_until_it_succeeds(
 
 async def test_pending_refund_settles_after_some_retrieves(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_payment(
         "pi_retrieves", amount=900, behaviour="pending_then_succeed", settle_after_retrieves=2
@@ -233,7 +192,7 @@ async def test_pending_refund_settles_after_some_retrieves(
 )
 async def test_pending_refund_that_fails_is_declined_with_its_reason(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
     failure_reason: str,
     code: RefundErrorCode,
     retryable: bool,
@@ -262,7 +221,7 @@ async def test_pending_refund_that_fails_is_declined_with_its_reason(
 
 async def test_refund_that_requires_action(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_payment("pi_action", amount=100, behaviour="requires_action")
 
@@ -277,7 +236,7 @@ async def test_refund_that_requires_action(
 
 async def test_the_same_key_twice_makes_one_refund(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_payment("pi_twice", amount=5000)
     request = refund_request("pi_twice", 2500)
@@ -294,7 +253,7 @@ async def test_the_same_key_twice_makes_one_refund(
 
 async def test_the_same_key_with_another_amount_is_an_invalid_request(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_payment("pi_reused", amount=5000)
     await gateway.refund(refund_request("pi_reused", 1000, key="reused"))
@@ -313,7 +272,7 @@ async def test_the_same_key_with_another_amount_is_an_invalid_request(
 
 async def test_refund_above_what_is_left_is_amount_too_large(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_payment("pi_small", amount=1000)
     await gateway.refund(refund_request("pi_small", 600, key="k-1"))
@@ -330,7 +289,7 @@ async def test_refund_above_what_is_left_is_amount_too_large(
 @pytest.mark.parametrize("transaction_id", ["pi_nobody", "ch_nobody"])
 async def test_unknown_payment_is_transaction_not_found(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
     transaction_id: str,
 ) -> None:
     stripe_server.add_payment("pi_somebody", amount=1000)
@@ -344,13 +303,13 @@ async def test_unknown_payment_is_transaction_not_found(
 
 
 async def test_wrong_api_key_is_authentication_failed_and_never_shown(
-    make_gateway: MakeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    make_stripe_gateway: MakeStripeGateway,
+    stripe_server: StripeStubServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     stripe_server.add_payment("pi_auth", amount=1000)
     wrong_key = "sk_test_wrong_0123456789abcdef"
-    gateway = make_gateway(api_key=wrong_key)
+    gateway = make_stripe_gateway(api_key=wrong_key)
 
     with caplog.at_level(logging.DEBUG):
         outcome = await gateway.refund(refund_request("pi_auth", 1000))
@@ -370,7 +329,7 @@ async def test_wrong_api_key_is_authentication_failed_and_never_shown(
 
 async def test_500_twice_then_success_is_retried_with_the_same_key(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_payment("pi_flaky", amount=5000, behaviour="fail_with_500:2")
     request = refund_request("pi_flaky", 5000, key="flaky-key")
@@ -387,7 +346,7 @@ async def test_500_twice_then_success_is_retried_with_the_same_key(
 
 async def test_500_every_time_is_unknown_and_retryable(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     stripe_server.add_payment("pi_down", amount=5000, behaviour="fail_with_500:100")
@@ -405,7 +364,7 @@ async def test_500_every_time_is_unknown_and_retryable(
 
 async def test_429_every_time_is_not_attempted_rate_limited(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     stripe_server.add_payment("pi_busy", amount=5000, behaviour="rate_limit:100")
 
@@ -419,7 +378,7 @@ async def test_429_every_time_is_not_attempted_rate_limited(
 
 async def test_429_after_a_500_is_unknown_not_not_attempted(
     gateway: StripeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    stripe_server: StripeStubServer,
 ) -> None:
     # The 500 may have come after the refund was made: a new key could refund twice.
     stripe_server.add_payment("pi_mixed", amount=5000, behaviour="fail_with_500:1,rate_limit:100")
@@ -433,9 +392,9 @@ async def test_429_after_a_500_is_unknown_not_not_attempted(
 
 
 async def test_nothing_listening_is_not_attempted_unreachable(
-    make_gateway: MakeGateway, dead_port: int
+    make_stripe_gateway: MakeStripeGateway, dead_port: int
 ) -> None:
-    gateway = make_gateway(api_base=f"http://127.0.0.1:{dead_port}")
+    gateway = make_stripe_gateway(api_base=f"http://127.0.0.1:{dead_port}")
 
     outcome = await gateway.refund(refund_request("pi_anything", 5000))
 
@@ -445,9 +404,9 @@ async def test_nothing_listening_is_not_attempted_unreachable(
 
 
 async def test_fetch_when_unreachable_is_unknown_never_not_attempted(
-    make_gateway: MakeGateway, dead_port: int
+    make_stripe_gateway: MakeStripeGateway, dead_port: int
 ) -> None:
-    gateway = make_gateway(api_base=f"http://127.0.0.1:{dead_port}")
+    gateway = make_stripe_gateway(api_base=f"http://127.0.0.1:{dead_port}")
 
     outcome = await gateway.fetch_refund("re_123", refund_request("pi_anything", 5000))
 
@@ -468,13 +427,13 @@ async def test_fetch_of_an_unknown_refund_is_unknown_and_not_retryable(
 
 
 async def test_timeout_is_unknown_and_a_replay_with_the_key_finds_the_refund(
-    make_gateway: MakeGateway,
-    stripe_server: StripeStubServer,  # noqa: F811
+    make_stripe_gateway: MakeStripeGateway,
+    stripe_server: StripeStubServer,
 ) -> None:
     # The stub takes 0.6 s on the first POST: the answer is lost, the refund is still made.
     stripe_server.add_payment("pi_timeout", amount=5000, behaviour="slow:0.6:1")
     request = refund_request("pi_timeout", 5000, key="timeout-key")
-    impatient = make_gateway(max_attempts=1, timeout_seconds=0.2)
+    impatient = make_stripe_gateway(max_attempts=1, timeout_seconds=0.2)
 
     lost = await impatient.refund(request)
 
@@ -483,7 +442,7 @@ async def test_timeout_is_unknown_and_a_replay_with_the_key_finds_the_refund(
     assert lost.retryable is True
     assert await asyncio.to_thread(stripe_server.wait_for_refunds, 1)
 
-    replayed = await make_gateway().refund(request)
+    replayed = await make_stripe_gateway().refund(request)
 
     assert replayed.kind is OutcomeKind.SUCCEEDED
     (refund,) = stripe_server.refunds
@@ -495,7 +454,7 @@ async def test_timeout_is_unknown_and_a_replay_with_the_key_finds_the_refund(
 # -- the stub itself follows Stripe where the gateway relies on it -------------------------------
 
 
-async def test_stub_answers_like_stripe(stripe_server: StripeStubServer) -> None:  # noqa: F811
+async def test_stub_answers_like_stripe(stripe_server: StripeStubServer) -> None:
     stripe_server.add_payment("pi_raw", amount=1000)
     auth = {"Authorization": f"Bearer {stripe_server.api_key}"}
     async with httpx.AsyncClient(base_url=stripe_server.base_url) as client:
