@@ -594,7 +594,8 @@ async def add_payment_method(
     method: Method,
 ) -> asyncpg.Record:
     """Add a method to the wallet. A plan waiting for one moves to it and is due at once
-    (within the schedule's allowed hours and the network rules)."""
+    (the customer is waiting for it: allowed hours do not apply; the network rules are still
+    checked by the billing job right before the attempt)."""
     changes.validate_request_id(request_id)
     plan_id = validation.uuid_id(plan_id_text, "plan_id", "retry plan")
     validation.identifier(method.payment_method_id, "payment_method.payment_method_id")
