@@ -4,6 +4,7 @@ step is recorded, audited and written to the outbox in the transaction that runs
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -80,17 +81,17 @@ class CampaignPatch:
     priority: int | Unset = UNSET
 
     def apply(self, current: Campaign) -> Campaign:
-        def pick(name: str) -> object:
-            value = getattr(self, name)
-            return getattr(current, name) if isinstance(value, Unset) else value
-
         return Campaign(
             code=current.code,
-            steps=pick("steps"),  # type: ignore[arg-type]
-            final_action=pick("final_action"),  # type: ignore[arg-type]
-            segment=pick("segment"),  # type: ignore[arg-type]
-            priority=pick("priority"),  # type: ignore[arg-type]
-            description=pick("description"),  # type: ignore[arg-type]
+            steps=current.steps if isinstance(self.steps, Unset) else self.steps,
+            final_action=current.final_action
+            if isinstance(self.final_action, Unset)
+            else self.final_action,
+            segment=current.segment if isinstance(self.segment, Unset) else self.segment,
+            priority=current.priority if isinstance(self.priority, Unset) else self.priority,
+            description=current.description
+            if isinstance(self.description, Unset)
+            else self.description,
         )
 
 
@@ -187,11 +188,11 @@ async def _campaign_of(conn: Connection, plan: asyncpg.Record) -> Campaign | Non
     return dunning.campaign_from_row(row) if row else None
 
 
-async def run_due_steps(conn: Connection, plan_id: object, *, now: datetime, actor: str) -> int:
+async def run_due_steps(conn: Connection, plan_id: uuid.UUID, *, now: datetime, actor: str) -> int:
     """Run the plan's due dunning steps (in the caller's transaction, the plan row locked):
     NOTIFY publishes a notice (unless the customer is excluded), RETRY brings the next attempt
     forward to now. Returns how many steps ran."""
-    plan = await retries.lock(conn, plan_id)  # type: ignore[arg-type]
+    plan = await retries.lock(conn, plan_id)
     assert plan is not None
     campaign = await _campaign_of(conn, plan)
     if campaign is None:
@@ -274,10 +275,10 @@ async def _run_step(
         )
 
 
-async def on_exhausted(conn: Connection, plan_id: object, *, actor: str) -> None:
+async def on_exhausted(conn: Connection, plan_id: uuid.UUID, *, actor: str) -> None:
     """The plan ran out of attempts: publish the campaign's exhaustion and final action
     (nothing for a customer excluded from dunning)."""
-    plan = await retries.lock(conn, plan_id)  # type: ignore[arg-type]
+    plan = await retries.lock(conn, plan_id)
     assert plan is not None
     await dunning.set_next_dunning(conn, plan["plan_id"], None)
     campaign = await _campaign_of(conn, plan)
