@@ -459,7 +459,7 @@ def _r(value: float) -> float:
 @dataclass(frozen=True, slots=True)
 class SlotChoice:
     at: datetime  # UTC
-    score: float  # estimated probability of success (for explanation only -- never money)
+    score: float  # estimated probability of success, for the explanation only
     reason: str  # plain words for an operator asking "why this time?"
     data: dict[str, object]  # JSON-serialisable: the factors used
 
