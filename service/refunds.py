@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -300,24 +299,11 @@ class ListRefunds:
     end: datetime | None = None
 
 
-def _encode_token(row: asyncpg.Record) -> str:
-    raw = f"{row['created_at'].isoformat()}|{row['refund_id']}"
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def _decode_token(token: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        created, _, refund_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
-        return datetime.fromisoformat(created), uuid.UUID(refund_id)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument("page_token", "is not a token this service returned") from None
-
-
 async def list_refunds(db: Database, query: ListRefunds) -> tuple[list[asyncpg.Record], str]:
     size = validation.page_size(query.page_size)
     validation.identifier(query.payment_id, "payment_id", required=False)
     validation.identifier(query.customer_id, "customer_id", required=False)
-    after = _decode_token(query.page_token) if query.page_token else None
+    after = validation.keyset_after(query.page_token)
     async with db.connection() as conn:
         rows = await refunds.list_views(
             conn,
@@ -330,5 +316,6 @@ async def list_refunds(db: Database, query: ListRefunds) -> tuple[list[asyncpg.R
             limit=size + 1,
         )
     if len(rows) > size:
-        return rows[:size], _encode_token(rows[size - 1])
+        last = rows[size - 1]
+        return rows[:size], validation.keyset_token(last["created_at"], last["refund_id"])
     return rows, ""

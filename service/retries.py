@@ -3,7 +3,6 @@ payment method, and the decision step shared with the billing job."""
 
 from __future__ import annotations
 
-import base64
 import time
 import uuid
 from collections.abc import Sequence
@@ -461,15 +460,7 @@ async def list_plans(db: Database, query: ListPlans) -> tuple[list[asyncpg.Recor
     size = validation.page_size(query.page_size)
     for name in ("customer_id", "subscription_id", "payment_id"):
         validation.identifier(getattr(query, name), name, required=False)
-    after = None
-    if query.page_token:
-        try:
-            created, _, plan_id = (
-                base64.urlsafe_b64decode(query.page_token.encode()).decode().partition("|")
-            )
-            after = (datetime.fromisoformat(created), uuid.UUID(plan_id))
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidArgument("page_token", "is not a token this service returned") from None
+    after = validation.keyset_after(query.page_token)
     async with db.connection() as conn:
         rows = await retries.list_views(
             conn,
@@ -483,8 +474,7 @@ async def list_plans(db: Database, query: ListPlans) -> tuple[list[asyncpg.Recor
     if len(rows) <= size:
         return rows, ""
     last = rows[size - 1]
-    token = f"{last['created_at'].isoformat()}|{last['plan_id']}"
-    return rows[:size], base64.urlsafe_b64encode(token.encode()).decode()
+    return rows[:size], validation.keyset_token(last["created_at"], last["plan_id"])
 
 
 async def _locked_plan(conn: Connection, plan_id: uuid.UUID) -> asyncpg.Record:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import uuid
+from datetime import datetime
 
 from service.errors import InvalidArgument
 
@@ -47,3 +49,20 @@ def page_size(value: int, default: int = 50, limit: int = 1000) -> int:
     if value < 0:
         raise InvalidArgument("page_size", "must not be negative")
     return min(value or default, limit)
+
+
+def keyset_token(created_at: datetime, resource_id: uuid.UUID) -> str:
+    """An opaque page token: the (create time, id) of the last row of a page."""
+    raw = f"{created_at.isoformat()}|{resource_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def keyset_after(token: str) -> tuple[datetime, uuid.UUID] | None:
+    """The (create time, id) a page token continues after; None for the first page."""
+    if not token:
+        return None
+    try:
+        created, _, resource_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
+        return datetime.fromisoformat(created), uuid.UUID(resource_id)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("page_token", "is not a token this service returned") from None

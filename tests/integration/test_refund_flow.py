@@ -95,3 +95,29 @@ async def test_repeated_partial_refunds_up_to_captured_then_refused(client: Clie
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "exceeds the refundable" in (refused.value.details() or "")
     assert (await reconcile(client)).balanced
+
+
+async def test_list_refunds_pages_through_every_refund_once(client: Client) -> None:
+    payment = await b.record_payment(client)
+    created = [
+        (await b.create_refund(client, payment.payment_id, amount=100)).refund_id for _ in range(5)
+    ]
+    seen: list[str] = []
+    token = ""
+    for _ in range(5):
+        page = await client.call(
+            "t-reader",
+            "ListRefunds",
+            pb.ListRefundsRequest(payment_id=payment.payment_id, page_size=2, page_token=token),
+        )
+        seen += [r.refund_id for r in page.refunds]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == created  # oldest first, each once
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await client.call(
+            "t-reader", "ListRefunds", pb.ListRefundsRequest(page_token="not-a-token")
+        )
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_token" in (bad.value.details() or "")

@@ -551,3 +551,23 @@ async def test_a_card_declined_for_good_long_ago_is_still_never_retried(client: 
     fresh = await record(client, failure(card="pm_old_visa", code="insufficient_funds"))
     assert fresh.decision.action == DA.DECISION_ACTION_STOP
     assert "visa.category1" in fresh.decision.rule_ids
+
+
+async def test_list_retry_plans_pages_and_filters(client: Client) -> None:
+    ids = [(await record(client, failure(card=f"pm_list_{i}"))).plan.plan_id for i in range(3)]
+    await record(client, failure(code="stolen_card", card="pm_list_x"))  # EXHAUSTED
+    seen: list[str] = []
+    token = ""
+    for _ in range(4):
+        page = await client.call(
+            "t-reader",
+            "ListRetryPlans",
+            pb.ListRetryPlansRequest(
+                status=PS.RETRY_PLAN_STATUS_ACTIVE, page_size=2, page_token=token
+            ),
+        )
+        seen += [p.plan_id for p in page.plans]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == ids
