@@ -16,7 +16,7 @@ from refundretry.v1 import refund_retry_service_pb2 as pb
 from repository.database import Database
 from tests.integration import builders as b
 from tests.integration.conftest import Client
-from tests.integration.test_retries import events, failure, plan_of, record, schedule
+from tests.integration.retry_builders import events, failure, plan_of, record, schedule
 
 NOTIFY = dunning_pb2.DUNNING_STEP_KIND_NOTIFY
 RETRY = dunning_pb2.DUNNING_STEP_KIND_RETRY

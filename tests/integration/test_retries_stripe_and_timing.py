@@ -38,7 +38,7 @@ from tests.integration.conftest_stripe import (  # noqa: F401  (fixtures)
     dead_port,
     make_stripe_gateway,
 )
-from tests.integration.test_retries import (
+from tests.integration.retry_builders import (
     events,
     failure,
     plan_of,

@@ -1,0 +1,125 @@
+"""Payment-retry requests as the billing system would send them, with sensible defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+
+from refundretry.v1 import events_pb2, retry_plan_pb2, retry_schedule_pb2
+from refundretry.v1 import refund_retry_service_pb2 as pb
+from repository.database import Database
+from tests.integration import builders as b
+from tests.integration.conftest import Client
+
+
+async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    return raised.value
+
+
+async def schedule(
+    client: Client,
+    code: str,
+    seconds: list[int],
+    attempts: int,
+    *,
+    timing: Any = retry_schedule_pb2.RETRY_TIMING_FIXED,
+    hours: tuple[int, int] | None = None,
+    span_days: int = 0,
+    wallet: Any = retry_schedule_pb2.WALLET_POLICY_AFTER_HARD_DECLINE,
+) -> None:
+    intervals = []
+    for s in seconds:
+        d = Duration()
+        d.FromSeconds(s)
+        intervals.append(d)
+    message = retry_schedule_pb2.RetrySchedule(
+        code=code,
+        intervals=intervals,
+        max_attempts=attempts,
+        timing=timing,
+        max_span_days=span_days,
+        wallet_policy=wallet,
+    )
+    if hours:
+        message.allowed_hours.start_hour, message.allowed_hours.end_hour = hours
+    await client.call(
+        "t-ops",
+        "CreateRetrySchedule",
+        pb.CreateRetryScheduleRequest(request_id=b.request_id(), schedule=message),
+    )
+
+
+def failure(
+    *,
+    payment_id: str | None = None,
+    code: str = "insufficient_funds",
+    network: str = "VISA",
+    visa: str = "",
+    mac: str = "",
+    card: str = "pm_card_1",
+    wallet: list[tuple[str, str]] | None = None,
+    schedule_code: str = "test-fast",
+    at: datetime | None = None,
+    time_zone: str = "Europe/Berlin",
+    outcome: str = "",
+    amount: int = 2500,
+    billing_event_id: str = "",
+) -> pb.RecordPaymentFailureRequest:
+    request = pb.RecordPaymentFailureRequest(
+        request_id=b.request_id(),
+        payment_id=payment_id or f"inv_{b.request_id()[:8]}",
+        billing_event_id=billing_event_id,
+        customer_id="cus_9",
+        subscription_id="sub_9",
+        amount=b.usd(amount),
+        gateway="sandbox",
+        payment_method=retry_plan_pb2.PaymentMethod(payment_method_id=card, network=network),
+        decline=retry_plan_pb2.Decline(
+            decline_code=code, visa_response_code=visa, mc_advice_code=mac
+        ),
+        failure_time=b.ts(at or datetime.now(UTC)),
+        time_zone=time_zone,
+        wallet=[
+            retry_plan_pb2.PaymentMethod(payment_method_id=m, network=n) for m, n in (wallet or [])
+        ],
+        retry_schedule_code=schedule_code,
+    )
+    if outcome:
+        request.metadata["sandbox_charge_outcome"] = outcome
+    return request
+
+
+async def record(client: Client, request: pb.RecordPaymentFailureRequest) -> Any:
+    return await client.call("t-billing", "RecordPaymentFailure", request)
+
+
+async def run_retries(client: Client, *, ahead: timedelta = timedelta(0)) -> Any:
+    """RunBillingJob's payment retries, due up to now + ahead."""
+    summary = await b.run_job(client, end=datetime.now(UTC) + ahead)
+    return summary.payment_retries
+
+
+async def plan_of(client: Client, plan_id: str) -> Any:
+    return (
+        await client.call("t-reader", "GetRetryPlan", pb.GetRetryPlanRequest(plan_id=plan_id))
+    ).plan
+
+
+async def events(db: Database, plan_id: str) -> list[events_pb2.Event]:
+    async with db.connection() as conn:
+        rows = await conn.fetch(
+            "SELECT payload FROM outbox WHERE aggregate_id = $1 ORDER BY position", plan_id
+        )
+    out = []
+    for row in rows:
+        event = events_pb2.Event()
+        event.ParseFromString(row["payload"])
+        out.append(event)
+    return out
