@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from refundretry.v1 import events_pb2
+from refundretry.v1 import events_pb2, retry_plan_pb2
 from repository import retries, settings
 from repository.database import Connection, Database
 from repository.settings import schedule_from_row
@@ -280,11 +280,17 @@ async def store_decision(
 
 
 async def announce_decision(
-    conn: Connection, plan_id: uuid.UUID, decision: Decision, *, actor: str
+    conn: Connection,
+    plan_id: uuid.UUID,
+    decision: Decision,
+    *,
+    actor: str,
+    snapshot: retry_plan_pb2.RetryPlan | None = None,
 ) -> None:
-    """The event and audit row of the plan's latest decision."""
-    row = await view(conn, plan_id)
-    snapshot = convert.retry_plan(row)
+    """The event and audit row of the plan's latest decision (``snapshot``: the plan as it
+    now is, when the caller has just read it)."""
+    if snapshot is None:
+        snapshot = convert.retry_plan(await view(conn, plan_id))
     latest = snapshot.decisions[-1]
     if decision.action is Action.STOP:
         await changes.record(

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from refundretry.v1 import events_pb2
+from refundretry.v1 import events_pb2, retry_plan_pb2
 from repository import retries as plans
 from repository.database import Connection, Database
 from service import changes, convert, dunning
@@ -396,8 +396,9 @@ class RetryJob:
                     sorted(plan_sources_of(PlanStatus.RECOVERED)),
                     f"attempt {opened.request.attempt} succeeded",
                 )
-                await self._attempted(conn, plan_id, opened, will_retry=False, next_at=None)
-                row = await view(conn, plan_id)
+                snapshot = await self._attempted(
+                    conn, plan_id, opened, will_retry=False, next_at=None
+                )
                 await changes.record(
                     conn,
                     actor=SYSTEM.name,
@@ -410,9 +411,7 @@ class RetryJob:
                         "gateway_charge_id": outcome.gateway_charge_id,
                     },
                     event_field="payment_recovered",
-                    event_payload=events_pb2.PaymentRecovered(
-                        plan=convert.retry_plan(row), recovered_by="retry"
-                    ),
+                    event_payload=events_pb2.PaymentRecovered(plan=snapshot, recovered_by="retry"),
                 )
                 return "recovered"
             if outcome.kind is OutcomeKind.NOT_ATTEMPTED:
@@ -459,14 +458,14 @@ class RetryJob:
                 announce=False,
             )
             await plans.release_lease(conn, plan_id, self.worker_id)
-            await self._attempted(
+            snapshot = await self._attempted(
                 conn,
                 plan_id,
                 opened,
                 will_retry=decision.action is Action.RETRY,
                 next_at=decision.at,
             )
-            await announce_decision(conn, plan_id, decision, actor=SYSTEM.name)
+            await announce_decision(conn, plan_id, decision, actor=SYSTEM.name, snapshot=snapshot)
             return {
                 Action.RETRY: "rescheduled",
                 Action.WAIT_FOR_PAYMENT_METHOD: "waiting_for_customer",
@@ -481,7 +480,8 @@ class RetryJob:
         *,
         will_retry: bool,
         next_at: datetime | None,
-    ) -> None:
+    ) -> retry_plan_pb2.RetryPlan:
+        """The attempt's event and audit row; returns the plan snapshot it carried."""
         row = await view(conn, plan_id)
         snapshot = convert.retry_plan(row)
         attempt = next(a for a in snapshot.attempts if a.attempt_number == opened.request.attempt)
@@ -505,6 +505,7 @@ class RetryJob:
                 next_attempt_time=convert.ts(next_at),
             ),
         )
+        return snapshot
 
 
 def _network(text: str) -> CardNetwork | None:
