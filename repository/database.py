@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from importlib import resources
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -41,6 +42,23 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16) -> Poo
     return pool
 
 
+@dataclass
+class UnitOfWork:
+    """State of one ``Database.transaction()``: hooks to run right before its COMMIT, and
+    whatever they collect. Dropped when the transaction ends, committed or not."""
+
+    before_commit: list[Callable[[Connection], Awaitable[None]]] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+_UNITS: dict[int, UnitOfWork] = {}
+
+
+def unit_of_work(conn: Connection) -> UnitOfWork | None:
+    """The unit of work ``conn`` is in, or None outside ``Database.transaction()``."""
+    return _UNITS.get(id(conn))
+
+
 class Database:
     """The pool, and ``transaction()`` for a unit of work."""
 
@@ -53,8 +71,18 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
+        """A unit of work. Hooks registered with ``before_commit`` run, in order, after the
+        body and right before COMMIT (the audit trail writes its rows there: its chain lock
+        is then held for one statement and the commit, not the whole transaction)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            yield conn
+            key = id(conn)
+            unit = _UNITS[key] = UnitOfWork()
+            try:
+                yield conn
+                for hook in unit.before_commit:
+                    await hook(conn)
+            finally:
+                del _UNITS[key]
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:

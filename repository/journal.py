@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from repository.database import Connection
+from repository.database import Connection, unit_of_work
 from repository.queries import Queries
 
 Q = Queries("journal")
@@ -55,10 +55,25 @@ async def append_audit(
     entity_type: str,
     entity_id: str,
     data: dict[str, Any],
-) -> int:
-    sequence = await conn.fetchval(Q["audit_append"], actor, action, entity_type, entity_id, data)
-    assert isinstance(sequence, int)
-    return sequence
+) -> None:
+    """Append an audit row in ``conn``'s transaction. Inside ``Database.transaction()`` the
+    rows are written together right before COMMIT, in the order appended: the chain head's
+    lock (taken by the first row) is then held only until the commit."""
+    row = (actor, action, entity_type, entity_id, data)
+    unit = unit_of_work(conn)
+    if unit is None:
+        await conn.execute(Q["audit_append"], *row)
+        return
+    pending: list[tuple[str, str, str, str, dict[str, Any]]] | None = unit.state.get("audit")
+    if pending is None:
+        pending = unit.state["audit"] = []
+        rows = pending
+
+        async def flush(conn: Connection) -> None:
+            await conn.executemany(Q["audit_append"], rows)
+
+        unit.before_commit.append(flush)
+    pending.append(row)
 
 
 async def list_audit(
