@@ -123,10 +123,11 @@ WITH due AS (
      LIMIT $2
        FOR UPDATE SKIP LOCKED
 )
+-- The join back is by primary key (= ANY of an array), so even a generic plan of this
+-- prepared statement looks the rows up by index instead of scanning the table.
 UPDATE retry_plan p
    SET lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4)
-  FROM due
- WHERE p.plan_id = due.plan_id
+ WHERE p.plan_id = ANY(ARRAY(SELECT plan_id FROM due))
 RETURNING p.plan_id;
 
 -- name: claim_plan
