@@ -18,10 +18,10 @@ WITH due AS (
      LIMIT $5
        FOR UPDATE OF d SKIP LOCKED
 )
+-- Joined back by primary key (= ANY of an array) so a generic plan still uses the index.
 UPDATE refund_event_detail d
    SET lease_owner = $6, lease_expires_at = now() + make_interval(secs => $7)
-  FROM due
- WHERE d.detail_id = due.detail_id
+ WHERE d.detail_id = ANY(ARRAY(SELECT detail_id FROM due))
 RETURNING d.detail_id;
 
 -- name: work_item
