@@ -192,22 +192,31 @@ async def add_decision(
     return sequence
 
 
-async def apply_decision(
+class _Keep:
+    """A field ``update_plan`` leaves as the plan row has it (None is a value: "no time")."""
+
+
+KEEP = _Keep()
+
+
+async def update_plan(
     conn: Connection,
-    plan_id: uuid.UUID,
+    plan: asyncpg.Record,
     *,
-    next_attempt_at: datetime | None,
-    method_index: int,
-    waiting_for_method: bool,
-    attempt_count: int,
+    next_attempt_at: datetime | _Keep | None = KEEP,
+    method_index: int | None = None,
+    waiting_for_method: bool | None = None,
+    attempt_count: int | None = None,
 ) -> None:
+    """Move a plan (its next attempt, wallet position, waiting flag, attempt count); fields
+    not given keep the values of ``plan``, the row the caller holds locked."""
     await conn.execute(
         Q["apply_decision"],
-        plan_id,
-        next_attempt_at,
-        method_index,
-        waiting_for_method,
-        attempt_count,
+        plan["plan_id"],
+        plan["next_attempt_at"] if isinstance(next_attempt_at, _Keep) else next_attempt_at,
+        plan["method_index"] if method_index is None else method_index,
+        plan["waiting_for_method"] if waiting_for_method is None else waiting_for_method,
+        plan["attempt_count"] if attempt_count is None else attempt_count,
     )
 
 

@@ -225,14 +225,7 @@ async def _run_step(
     if step.kind is StepKind.RETRY and plan["status"] == "ACTIVE":
         due = plan["next_attempt_at"]
         if due is not None and due > now and not plan["waiting_for_method"]:
-            await retries.apply_decision(
-                conn,
-                plan_id,
-                next_attempt_at=now,
-                method_index=plan["method_index"],
-                waiting_for_method=False,
-                attempt_count=plan["attempt_count"],
-            )
+            await retries.update_plan(conn, plan, next_attempt_at=now)
     row = await retries.view(conn, plan_id)
     assert row is not None
     snapshot = convert.retry_plan(row)

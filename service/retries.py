@@ -229,7 +229,13 @@ async def decide_and_apply(
         limits=context.limits,
     )
     return await store_decision(
-        conn, plan, decision, attempts_made=attempts_made, actor=actor, announce=announce
+        conn,
+        plan,
+        decision,
+        attempts_made=attempts_made,
+        actor=actor,
+        announce=announce,
+        methods=methods,
     )
 
 
@@ -241,11 +247,14 @@ async def store_decision(
     attempts_made: int,
     actor: str,
     announce: bool = True,
+    methods: tuple[Method, ...] | None = None,
 ) -> Decision:
-    """Store ``decision`` and move the plan by it; with ``announce`` also write its event and
+    """Store ``decision`` and move the plan by it (``methods``: the wallet, when the caller has
+    just read it); with ``announce`` also write its event and
     audit row (the billing job announces after the attempt's own event)."""
     plan_id = plan["plan_id"]
-    methods = await plan_methods(conn, plan_id)
+    if methods is None:
+        methods = await plan_methods(conn, plan_id)
     method_id = methods[decision.method_index].payment_method_id if methods else ""
     await retries.add_decision(
         conn,
@@ -257,9 +266,9 @@ async def store_decision(
         rule_ids=decision.rule_ids,
         data=decision.data,
     )
-    await retries.apply_decision(
+    await retries.update_plan(
         conn,
-        plan_id,
+        plan,
         next_attempt_at=decision.at,
         method_index=decision.method_index,
         waiting_for_method=decision.action is Action.WAIT_FOR_PAYMENT_METHOD,
@@ -389,14 +398,7 @@ async def record_payment_failure(
             i for i, m in enumerate(methods) if m.payment_method_id == cmd.method.payment_method_id
         )
         if index != plan["method_index"]:
-            await retries.apply_decision(
-                conn,
-                plan_id,
-                next_attempt_at=plan["next_attempt_at"],
-                method_index=index,
-                waiting_for_method=plan["waiting_for_method"],
-                attempt_count=plan["attempt_count"],
-            )
+            await retries.update_plan(conn, plan, method_index=index)
             plan = await retries.lock(conn, plan_id)
             assert plan is not None
         classification = classify(cmd.decline)
@@ -610,13 +612,8 @@ async def add_payment_method(
                 f"payment method {method.payment_method_id} is already in the plan's wallet"
             )
         if plan["waiting_for_method"] and plan["status"] == PlanStatus.ACTIVE:
-            await retries.apply_decision(
-                conn,
-                plan_id,
-                next_attempt_at=None,
-                method_index=position,
-                waiting_for_method=False,
-                attempt_count=plan["attempt_count"],
+            await retries.update_plan(
+                conn, plan, next_attempt_at=None, method_index=position, waiting_for_method=False
             )
             plan = await _locked_plan(conn, plan_id)
             now = datetime.now(UTC)

@@ -36,9 +36,10 @@ from service import changes, convert, dunning
 from service.auth import SYSTEM
 from service.domain.decline_codes import CardNetwork, Decline, classify
 from service.domain.money import Money
-from service.domain.network_rules import check_attempt
+from service.domain.network_rules import Violation, check_attempt
 from service.domain.retry_plan import (
     Action,
+    Method,
     PlanStatus,
     check_plan_transition,
     plan_sources_of,
@@ -153,27 +154,12 @@ class RetryJob:
                 raise FailedPrecondition(f"retry plan {plan_id} is {plan['status']}")
             if plan["lease_expires_at"] is not None and plan["lease_expires_at"] > now:
                 raise FailedPrecondition("an attempt of this plan is already running")
-            methods = await plan_methods(conn, plan_id)
-            method = methods[plan["method_index"]]
-            violation = check_attempt(
-                method.payment_method_id,
-                method.network,
-                now,
-                await card_history(conn, methods, now),
-                self.context.limits,
-            )
+            method, violation = await self._guard(conn, plan, now)
             if violation is not None:
                 raise FailedPrecondition(
                     f"{violation.rule_id}: {violation.message}", rule_id=violation.rule_id
                 )
-            await plans.apply_decision(
-                conn,
-                plan_id,
-                next_attempt_at=now,
-                method_index=plan["method_index"],
-                waiting_for_method=False,
-                attempt_count=plan["attempt_count"],
-            )
+            await plans.update_plan(conn, plan, next_attempt_at=now, waiting_for_method=False)
             await plans.claim_plan(conn, plan_id, self.worker_id, self._lease.total_seconds())
             await changes.record(
                 conn,
@@ -192,6 +178,22 @@ class RetryJob:
             raise Unavailable("the attempt failed before its outcome was recorded; it is replayed")
         async with self._db.connection() as conn:
             return await view(conn, plan_id)
+
+    async def _guard(
+        self, conn: Connection, plan: asyncpg.Record, now: datetime
+    ) -> tuple[Method, Violation | None]:
+        """The card the plan would charge now, and the network rule that forbids it (None when
+        every rule allows the attempt): checked right before each attempt, whatever its path."""
+        methods = await plan_methods(conn, plan["plan_id"])
+        method = methods[plan["method_index"]]
+        violation = check_attempt(
+            method.payment_method_id,
+            method.network,
+            now,
+            await card_history(conn, methods, now),
+            self.context.limits,
+        )
+        return method, violation
 
     async def refresh_stats_if_old(self) -> None:
         async with self._db.transaction() as conn:
@@ -256,7 +258,6 @@ class RetryJob:
             plan = await plans.leased_plan(conn, plan_id, self.worker_id)
             if plan is None:
                 return "lease_lost"
-            methods = await plan_methods(conn, plan_id)
             open_attempt = await plans.open_attempt(conn, plan_id)
             if open_attempt is not None:  # a worker died mid-charge: replay, same key
                 number = open_attempt["attempt_number"]
@@ -266,14 +267,7 @@ class RetryJob:
                 started_at = open_attempt["attempted_at"]
             else:
                 started_at = now
-                method = methods[plan["method_index"]]
-                violation = check_attempt(
-                    method.payment_method_id,
-                    method.network,
-                    now,
-                    await card_history(conn, methods, now),
-                    self.context.limits,
-                )
+                method, violation = await self._guard(conn, plan, now)
                 if violation is not None:
                     log.info(
                         "retry plan %s: %s refuses the attempt now; deciding again",
@@ -308,13 +302,9 @@ class RetryJob:
                         retry_of_class=retry_of,
                     ),
                 )
-                await plans.apply_decision(
-                    conn,
-                    plan_id,
-                    next_attempt_at=plan["next_attempt_at"],
-                    method_index=plan["method_index"],
-                    waiting_for_method=False,
-                    attempt_count=plan["attempt_count"] + 1,  # attempts that reach the issuer
+                # attempt_count counts the attempts that reach the issuer
+                await plans.update_plan(
+                    conn, plan, waiting_for_method=False, attempt_count=plan["attempt_count"] + 1
                 )
             request = ChargeRequest(
                 plan_id=str(plan_id),
@@ -352,13 +342,8 @@ class RetryJob:
                     gateway_charge_id=outcome.gateway_charge_id,
                     message=outcome.message,
                 )
-                await plans.apply_decision(
-                    conn,
-                    plan_id,
-                    next_attempt_at=now + self._unknown_replay,
-                    method_index=plan["method_index"],
-                    waiting_for_method=False,
-                    attempt_count=plan["attempt_count"],
+                await plans.update_plan(
+                    conn, plan, next_attempt_at=now + self._unknown_replay, waiting_for_method=False
                 )
                 await plans.release_lease(conn, plan_id, self.worker_id)
                 await self._attempted(
