@@ -2,7 +2,7 @@
 the same run, and the time to find due work as stored plans grow.
 
 ``.venv/bin/python -m bench.retry_throughput [--plans 100000] [--workers N] [--batch 500]
-[--stored 10000,100000,1000000]``
+[--chunk 100] [--chunks 8] [--stored 10000,100000,1000000]``
 
 1. Creates a database ``rr_bench_<pid>``, migrates it, and always drops it at the end.
 2. Setup (not measured): one plan through the real ``record_payment_failure`` (the template),
@@ -15,13 +15,11 @@ the same run, and the time to find due work as stored plans grow.
 3. Phase A, the baseline, in its own process: 8 asyncpg loops claim due plans with
    ``FOR UPDATE SKIP LOCKED`` and mark them done, one row per transaction, then 100 per
    transaction (the TOOLING.md ceiling, on the same tables).
-4. Phase B, the service: the real ``RetryJob.run`` loops on the sandbox gateway, in this
-   process (``--workers`` loops) and in one and two separate processes (one loop each, like
-   replicas), each for ``--job-seconds``; then a prototype (bench-only code, the same rows
-   written) with per-plan transactions but the audit rows last (B4), and batched, one open
-   and one record transaction per chunk of ``--chunk`` plans (BP, BQ), for the headroom; a
-   serial run with every statement logged (D: round trips per attempt); a py-spy profile of
-   one job process (P).
+4. Phase B, the service: the real ``RetryJob.run`` loops on the sandbox gateway (chunks of
+   ``--chunk`` plans, ``--chunks`` in flight), in this process (``--workers`` loops) and in
+   one and two separate processes (one loop each, like replicas), each for
+   ``--job-seconds``; a serial run with every statement logged (D: statements and the wait
+   for them, per chunk and per attempt); a py-spy profile of one job process (P).
 5. Phase C: ``claim_due`` (the named query, in a transaction rolled back) with ``--stored``
    plans, 1 % of them due, timed many times, with ``EXPLAIN (ANALYZE, BUFFERS)``.
 
@@ -34,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -49,16 +48,13 @@ import time
 import timeit
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import asyncpg
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench.raw_ceiling import percentile
 from bench.refund_throughput import (
@@ -75,40 +71,26 @@ from bench.refund_throughput import (
 )
 from refundretry.v1 import events_pb2
 from repository import retries as plans
-from repository import settings
 from repository.database import Connection, Database, _init_connection, migrate
 from repository.queries import Queries, load
-from repository.settings import schedule_from_row
-from service import convert, dunning
-from service.auth import SYSTEM, Principal
-from service.domain.decline_codes import CardNetwork, Classification, Decline, classify
+from service import convert
+from service.auth import Principal
+from service.domain.decline_codes import CardNetwork, Decline
 from service.domain.money import Money
-from service.domain.network_rules import NetworkLimits, PastAttempt, check_attempt
+from service.domain.network_rules import NetworkLimits
 from service.domain.retry_plan import (
-    Action,
-    Decision,
     Method,
-    PlanState,
-    PlanStatus,
-    check_plan_transition,
-    decide,
 )
-from service.domain.retry_schedule import RetrySchedule
-from service.gateways.base import ChargeOutcome, ChargeRequest, ChargingGateway, OutcomeKind
+from service.gateways.base import ChargingGateway
 from service.gateways.sandbox import CHARGE_OUTCOME_KEY, SandboxGateway
 from service.jobs.retry_job import (
-    UNKNOWN_GIVE_UP_AFTER,
     RetryJob,
     RetrySummary,
-    idempotency_key,
 )
 from service.retries import (
-    HISTORY_WINDOW,
     RecordFailure,
     RetryContext,
-    past_attempts,
     record_payment_failure,
-    slot_of,
 )
 
 Record = asyncpg.Record
@@ -124,7 +106,7 @@ SERVICE_POOL = 16
 SERVICE_CONCURRENCY = 16
 DAY = timedelta(days=1)
 RESULT_KEYS = ("recovered", "rescheduled", "waiting_for_customer", "exhausted", "unknown")
-PHASES = ("A", "B1", "B2", "B3", "B4", "BP", "BQ", "D", "P", "C")
+PHASES = ("A", "B1", "B2", "B3", "D", "P", "C")
 
 
 def now_utc() -> datetime:
@@ -294,7 +276,7 @@ async def due_count(conn: Connection) -> int:
 
 async def set_written(conn: Connection, tag: str, child_tables: list[str]) -> dict[str, Any]:
     """What processing wrote for the plans of set ``tag`` that had an attempt, per plan: the
-    same for the service and the prototype when they do the same work."""
+    same in every B phase when the job does the same work, whatever the chunking."""
     done = (
         "SELECT plan_id, status FROM retry_plan p WHERE split_part(p.payment_id, '_', 2) = $1 "
         "AND EXISTS (SELECT 1 FROM payment_attempt a WHERE a.plan_id = p.plan_id "
@@ -450,19 +432,34 @@ def context_like_the_service() -> RetryContext:
     return RetryContext(limits=NetworkLimits(visa_max_reattempts=15))
 
 
+# Set while a chunk's _process runs: RetryJob._process calls itself (plans the chunk put off,
+# a failed chunk split plan by plan); only the outermost call is the chunk.
+IN_CHUNK: contextvars.ContextVar[bool] = contextvars.ContextVar("bench_in_chunk", default=False)
+
+
 class TimedRetryJob(RetryJob):
-    """The service's RetryJob, timing each attempt from its open transaction to the end of its
-    record transaction (the wait for the job's concurrency slot is not included)."""
+    """The service's RetryJob, timing each chunk from its open transaction to the end of its
+    record transaction (plans the chunk put off and a failed chunk's per-plan retries
+    included, the wait for a chunk slot not). Each attempt of a chunk gets the chunk's time."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.latencies: list[float] = []
+        self.latencies: list[float] = []  # per attempt: its chunk's time
+        self.chunk_seconds: list[float] = []  # per chunk
 
-    async def _process(self, plan_id: uuid.UUID, source: str) -> str:
+    async def _process(self, plan_ids: list[uuid.UUID], source: str) -> list[str]:
+        if IN_CHUNK.get():
+            return await super()._process(plan_ids, source)
+        token = IN_CHUNK.set(True)
         started = time.perf_counter()
-        result = await super()._process(plan_id, source)
-        self.latencies.append(time.perf_counter() - started)
-        return result
+        try:
+            results = await super()._process(plan_ids, source)
+        finally:
+            IN_CHUNK.reset(token)
+        elapsed = time.perf_counter() - started
+        self.chunk_seconds.append(elapsed)
+        self.latencies.extend([elapsed] * sum(r in RESULT_KEYS for r in results))
+        return results
 
 
 @dataclass
@@ -472,6 +469,7 @@ class JobRun:
     attempts: int = 0
     claimed: int = 0
     runs: int = 0
+    chunks: int = 0
     summary: dict[str, int] = field(default_factory=dict)
     started: float = 0.0  # time.monotonic(), comparable across processes on Linux
     ended: float = 0.0
@@ -490,6 +488,7 @@ class JobRun:
         self.attempts += other.attempts
         self.claimed += other.claimed
         self.runs += other.runs
+        self.chunks += other.chunks
         for key, value in other.summary.items():
             self.summary[key] = self.summary.get(key, 0) + value
         self.started = min(self.started, other.started) if self.started else other.started
@@ -503,6 +502,8 @@ class JobRun:
             "attempts": self.attempts,
             "claimed": self.claimed,
             "job_runs": self.runs,
+            "chunks": self.chunks,
+            "attempts_per_chunk": round(self.attempts / max(self.chunks, 1), 1),
             "summary": {k: v for k, v in self.summary.items() if v},
             "seconds": round(seconds, 3),
             "attempts_per_second": round(self.attempts / seconds, 1),
@@ -516,7 +517,7 @@ class JobRun:
 
 
 async def drive(
-    jobs: Sequence[Any], *, batch: int, seconds: float, start_at: float = 0.0
+    jobs: Sequence[TimedRetryJob], *, batch: int, seconds: float, start_at: float = 0.0
 ) -> JobRun:
     """Each job in a loop calling ``run(limit=batch)`` until a run finds nothing due, or (with
     ``seconds`` > 0) no new run after ``seconds``; the runs in flight then finish."""
@@ -526,7 +527,7 @@ async def drive(
     result.started = time.monotonic()
     deadline = result.started + seconds if seconds > 0 else math.inf
 
-    async def loop(job: Any) -> None:
+    async def loop(job: TimedRetryJob) -> None:
         while time.monotonic() < deadline:
             summary: RetrySummary = await job.run(limit=batch)
             result.add(summary)
@@ -538,10 +539,13 @@ async def drive(
     result.cpu_seconds = time.process_time() - cpu
     for job in jobs:
         result.latencies.extend(job.latencies)
+        result.chunks += len(job.chunk_seconds)
     return result
 
 
-def service_jobs(db: Database, loops: int, concurrency: int) -> list[TimedRetryJob]:
+def service_jobs(
+    db: Database, loops: int, *, concurrency: int, chunk: int, chunks: int
+) -> list[TimedRetryJob]:
     """``loops`` RetryJobs sharing one RetryContext and gateway (one process's)."""
     context = context_like_the_service()
     gateways: dict[str, ChargingGateway] = {"sandbox": SandboxGateway()}
@@ -553,483 +557,11 @@ def service_jobs(db: Database, loops: int, concurrency: int) -> list[TimedRetryJ
             lease=LEASE,
             unknown_replay_delay=UNKNOWN_REPLAY,
             concurrency=concurrency,
+            chunk=chunk,
+            chunks=chunks,
         )
         for _ in range(loops)
     ]
-
-
-# -- the batched prototype (bench-only; NOT the service) --------------------------------------
-
-LOCK_LEASED = """SELECT * FROM retry_plan WHERE plan_id = ANY($1::uuid[]) AND lease_owner = $2
- ORDER BY plan_id FOR UPDATE"""
-METHODS = """SELECT * FROM plan_payment_method WHERE plan_id = ANY($1::uuid[])
- ORDER BY plan_id, position"""
-OPEN_ATTEMPTS = """SELECT DISTINCT ON (plan_id) * FROM payment_attempt
- WHERE plan_id = ANY($1::uuid[]) AND outcome IN ('OPEN', 'UNKNOWN')
- ORDER BY plan_id, attempt_number DESC"""
-# next_attempt_number and _last_decline_class of every plan of a chunk.
-ATTEMPT_FACTS = """SELECT plan_id, coalesce(max(attempt_number), 0) + 1 AS next_number,
-       (array_agg(decline_class ORDER BY attempt_number DESC)
-            FILTER (WHERE decline_class <> ''))[1] AS last_class
-  FROM payment_attempt WHERE plan_id = ANY($1::uuid[]) GROUP BY plan_id"""
-SET_ATTEMPT_COUNT = """UPDATE retry_plan p
-   SET attempt_count = p.attempt_count + 1, waiting_for_method = false, updated_at = now()
- WHERE p.plan_id = ANY($1::uuid[])"""
-NEXT_SEQUENCES = """SELECT plan_id, coalesce(max(sequence), 0) + 1 AS next FROM retry_decision
- WHERE plan_id = ANY($1::uuid[]) GROUP BY plan_id"""
-# apply_decision + set_status + release_lease of every plan of a chunk in one statement.
-MOVE_PLANS = """UPDATE retry_plan p
-   SET status = u.status,
-       status_reason = CASE WHEN u.status <> p.status THEN u.reason ELSE p.status_reason END,
-       next_attempt_at = CASE WHEN u.status = 'ACTIVE' THEN u.next_at ELSE NULL END,
-       method_index = u.method_index, waiting_for_method = u.waiting,
-       attempt_count = u.attempt_count, lease_owner = NULL, lease_expires_at = NULL,
-       updated_at = now()
-  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::int[], $6::bool[],
-              $7::int[]) AS u(plan_id, status, reason, next_at, method_index, waiting,
-                              attempt_count)
- WHERE p.plan_id = u.plan_id AND p.lease_owner = $8"""
-VIEWS = "SELECT * FROM retry_plan_view WHERE plan_id = ANY($1::uuid[])"
-
-
-@dataclass
-class _Open:
-    plan_id: uuid.UUID
-    attempt_id: uuid.UUID
-    request: ChargeRequest
-    started_at: datetime
-    outcome: ChargeOutcome | None = None
-
-
-@dataclass
-class _Event:
-    plan_id: uuid.UUID
-    kind: str  # attempted | recovered | decided
-    opened: _Open
-    will_retry: bool = False
-    next_at: datetime | None = None
-    decision: Decision | None = None
-
-
-@dataclass
-class _Writes:
-    """What a chunk's record transaction writes."""
-
-    decisions: list[tuple[Any, ...]] = field(default_factory=list)
-    moves: list[tuple[Any, ...]] = field(default_factory=list)
-    events: list[_Event] = field(default_factory=list)
-    exhausted: list[uuid.UUID] = field(default_factory=list)
-    results: Counter[str] = field(default_factory=Counter)
-
-
-def _network(text: str) -> CardNetwork | None:
-    try:
-        return CardNetwork(text.upper()) if text else None
-    except ValueError:
-        return CardNetwork.OTHER
-
-
-def _classified(outcome: ChargeOutcome) -> tuple[str, Decline | None, Classification | None]:
-    """The attempt outcome the service stores, and the decline behind a failure (as in
-    RetryJob._record)."""
-    if outcome.kind in (OutcomeKind.UNKNOWN, OutcomeKind.PENDING):
-        return "UNKNOWN", None, None
-    if outcome.kind is OutcomeKind.SUCCEEDED:
-        return "SUCCEEDED", None, None
-    network = _network(outcome.network) or CardNetwork.OTHER
-    if outcome.kind is OutcomeKind.NOT_ATTEMPTED:
-        decline, kind = Decline("processing_error", network), "NOT_ATTEMPTED"
-    elif outcome.kind is OutcomeKind.REQUIRES_ACTION:
-        decline, kind = Decline("authentication_required", network), "REQUIRES_ACTION"
-    else:
-        decline = Decline(
-            outcome.decline_code or "generic_decline",
-            network,
-            outcome.visa_response_code,
-            outcome.mc_advice_code,
-        )
-        kind = "DECLINED"
-    return kind, decline, classify(decline)
-
-
-def _methods_of(rows: Iterable[Record]) -> dict[uuid.UUID, tuple[Method, ...]]:
-    grouped: dict[uuid.UUID, list[Method]] = defaultdict(list)
-    for r in rows:
-        grouped[r["plan_id"]].append(Method(r["payment_method_id"], CardNetwork(r["network"])))
-    return {k: tuple(v) for k, v in grouped.items()}
-
-
-def _history_by_card(rows: Sequence[Record]) -> dict[str, list[PastAttempt]]:
-    by_card: dict[str, list[PastAttempt]] = defaultdict(list)
-    for attempt in past_attempts(rows):
-        by_card[attempt.card].append(attempt)
-    return by_card
-
-
-def _history(by_card: dict[str, list[PastAttempt]], methods: Sequence[Method]) -> list[PastAttempt]:
-    found = [a for m in methods for a in by_card.get(m.payment_method_id, ())]
-    found.sort(key=lambda a: a.at)
-    return found
-
-
-class BatchedPrototype:
-    """The retry job with one open and one record transaction per chunk of plans instead of
-    two per plan. Everything else as RetryJob does it: the same domain functions (network
-    guard, classify, decide), the same rows (attempt, decision, plan, an outbox event and an
-    audit row per event, the same protobuf snapshots), except that each plan's view is read
-    and converted once per chunk instead of three or four times per plan, and the audit rows
-    of the chunk go in last, in one statement. A plan the guard blocks falls back to
-    RetryJob's per-plan path. Bench-only: a measure of the headroom, not service code."""
-
-    def __init__(
-        self, db: Database, gateway: ChargingGateway, *, chunk: int, concurrency: int
-    ) -> None:
-        self._db = db
-        self._gateway = gateway
-        self._chunk = chunk
-        self._slots = asyncio.Semaphore(concurrency)
-        self.context = context_like_the_service()
-        self._fallback = RetryJob(
-            db, {gateway.name: gateway}, self.context, lease=LEASE, concurrency=concurrency
-        )
-        self.worker_id = self._fallback.worker_id  # the fallback holds the same leases
-        self._schedules: dict[str, RetrySchedule] = {}
-        self.latencies: list[float] = []  # each plan: its chunk's open-to-record time
-
-    async def run(self, *, limit: int) -> RetrySummary:
-        await self._fallback.refresh_stats_if_old()
-        summary = RetrySummary()
-        async with self._db.connection() as conn:
-            claimed = await plans.claim_due(
-                conn,
-                due_by=now_utc(),
-                limit=limit,
-                worker=self.worker_id,
-                lease_seconds=LEASE.total_seconds(),
-            )
-        summary.claimed = len(claimed)
-        parts = [claimed[i : i + self._chunk] for i in range(0, len(claimed), self._chunk)]
-        for counts in await asyncio.gather(*(self._guarded(part) for part in parts)):
-            for key, n in counts.items():
-                setattr(summary, key, getattr(summary, key) + n)
-        summary.dunning_steps = await dunning.run_due(self._db, actor=SYSTEM.name, limit=limit)
-        return summary
-
-    async def _guarded(self, ids: list[uuid.UUID]) -> Counter[str]:
-        async with self._slots:
-            started = time.perf_counter()
-            opened, blocked, counts = await self._open(ids)
-            charged = await asyncio.gather(*(self._gateway.charge(o.request) for o in opened))
-            for o, outcome in zip(opened, charged, strict=True):
-                o.outcome = outcome
-            if opened:
-                counts.update(await self._record(opened))
-            self.latencies.extend([time.perf_counter() - started] * len(opened))
-        for result in await asyncio.gather(
-            *(self._fallback._guarded(plan_id, "SCHEDULED") for plan_id in blocked)
-        ):
-            counts[result] += 1
-        return counts
-
-    async def _schedule(self, conn: Connection, code: str) -> RetrySchedule:
-        # Cached per process for the prototype; the service would cache it like the stats.
-        if code not in self._schedules:
-            row = await settings.get_schedule(conn, code)
-            assert row is not None
-            self._schedules[code] = schedule_from_row(row)
-        return self._schedules[code]
-
-    async def _open(
-        self, ids: list[uuid.UUID]
-    ) -> tuple[list[_Open], list[uuid.UUID], Counter[str]]:
-        now = now_utc()
-        counts: Counter[str] = Counter()
-        opened: list[_Open] = []
-        blocked: list[uuid.UUID] = []
-        inserts: list[tuple[Any, ...]] = []
-        async with self._db.transaction() as conn:
-            rows = await conn.fetch(LOCK_LEASED, ids, self.worker_id)
-            counts["lease_lost"] += len(ids) - len(rows)
-            methods = _methods_of(await conn.fetch(METHODS, ids))
-            replays = {r["plan_id"]: r for r in await conn.fetch(OPEN_ATTEMPTS, ids)}
-            cards = [m.payment_method_id for ms in methods.values() for m in ms]
-            history = _history_by_card(await plans.card_history(conn, cards, now - HISTORY_WINDOW))
-            facts = {r["plan_id"]: r for r in await conn.fetch(ATTEMPT_FACTS, ids)}
-            for plan in rows:
-                plan_id = plan["plan_id"]
-                replay = replays.get(plan_id)
-                if replay is not None:  # a worker died mid-charge: replay, same key
-                    number, method_id = replay["attempt_number"], replay["payment_method_id"]
-                    attempt_id, started_at = replay["attempt_id"], replay["attempted_at"]
-                else:
-                    mine = methods.get(plan_id, ())
-                    method = mine[plan["method_index"]]
-                    violation = check_attempt(
-                        method.payment_method_id,
-                        method.network,
-                        now,
-                        _history(history, mine),
-                        self.context.limits,
-                    )
-                    if violation is not None:
-                        blocked.append(plan_id)
-                        continue
-                    number = facts[plan_id]["next_number"]
-                    retry_of = facts[plan_id]["last_class"] or ""
-                    method_id, started_at = method.payment_method_id, now
-                    hour, day, days = slot_of(
-                        now, ZoneInfo(plan["time_zone"]), plan["first_failed_at"]
-                    )
-                    attempt_id = uuid.uuid4()
-                    inserts.append(
-                        (
-                            *(attempt_id, plan_id, number, "SCHEDULED", now, method_id),
-                            *(method.network.value, "OPEN", "", "", "", ""),
-                            *(retry_of, "", idempotency_key(plan_id, number), ""),
-                            *(hour, day, days),
-                        )
-                    )
-                request = ChargeRequest(
-                    plan_id=str(plan_id),
-                    customer_id=plan["customer_id"],
-                    payment_method=method_id,
-                    amount=Money(plan["currency"], plan["amount"]),
-                    idempotency_key=idempotency_key(plan_id, number),
-                    attempt=number,
-                    metadata=plan["metadata"],
-                )
-                opened.append(_Open(plan_id, attempt_id, request, started_at))
-            if inserts:  # asyncpg pipelines executemany: one round trip
-                await conn.executemany(RQ["insert_attempt"], inserts)
-                await conn.execute(SET_ATTEMPT_COUNT, [row[1] for row in inserts])
-        return opened, blocked, counts
-
-    def _decide(
-        self,
-        o: _Open,
-        plan: Record,
-        methods: tuple[Method, ...],
-        history: list[PastAttempt],
-        schedule: RetrySchedule,
-        stats: Any,
-        now: datetime,
-        w: _Writes,
-    ) -> None:
-        """RetryJob._record's decision for one plan (its attempt already finished), as rows
-        and events."""
-        outcome = o.outcome
-        assert outcome is not None
-        plan_id, number = o.plan_id, o.request.attempt
-        kind, decline, classification = _classified(outcome)
-        keep = (plan["method_index"], plan["waiting_for_method"], plan["attempt_count"])
-        if kind == "UNKNOWN":
-            next_at = now + UNKNOWN_REPLAY
-            status, reason = plan["status"], ""
-            if now - o.started_at > UNKNOWN_GIVE_UP_AFTER:  # a person must check
-                status = PlanStatus.PAUSED.value
-                reason = (
-                    f"the outcome of attempt {number} is unknown since "
-                    f"{o.started_at.isoformat()}: check {o.request.idempotency_key} at the "
-                    "gateway, then resume"
-                )
-            w.moves.append((plan_id, status, reason, next_at, keep[0], False, keep[2]))
-            w.events.append(_Event(plan_id, "attempted", o, will_retry=True, next_at=next_at))
-            w.results["unknown"] += 1
-            return
-        if kind == "SUCCEEDED":
-            check_plan_transition(PlanStatus(plan["status"]), PlanStatus.RECOVERED)
-            w.moves.append((plan_id, "RECOVERED", f"attempt {number} succeeded", None, *keep))
-            w.events.append(_Event(plan_id, "attempted", o))
-            w.events.append(_Event(plan_id, "recovered", o))
-            w.results["recovered"] += 1
-            return
-        assert decline is not None
-        assert classification is not None
-        attempts_made = plan["attempt_count"] - (1 if kind == "NOT_ATTEMPTED" else 0)
-        decision = decide(
-            schedule=schedule,
-            state=PlanState(
-                attempts_made=attempts_made,
-                first_failed_at=plan["first_failed_at"],
-                methods=methods,
-                method_index=plan["method_index"],
-                zone=ZoneInfo(plan["time_zone"]),
-            ),
-            last=classification,
-            decline_code=decline.code,
-            failed_at=now,
-            history=history,
-            stats=stats,
-            now=now,
-            limits=self.context.limits,
-        )
-        method_id = methods[decision.method_index].payment_method_id if methods else ""
-        w.decisions.append(
-            (
-                *(plan_id, decision.action.value, decision.at, method_id, decision.reason),
-                *(list(decision.rule_ids), decision.data),
-            )
-        )
-        status = plan["status"]
-        if decision.action is Action.STOP:
-            check_plan_transition(PlanStatus(status), PlanStatus.EXHAUSTED)
-            status = PlanStatus.EXHAUSTED.value
-            w.exhausted.append(plan_id)
-        waiting = decision.action is Action.WAIT_FOR_PAYMENT_METHOD
-        w.moves.append(
-            (
-                *(plan_id, status, decision.reason, decision.at, decision.method_index),
-                *(waiting, attempts_made),
-            )
-        )
-        retrying = decision.action is Action.RETRY
-        w.events.append(_Event(plan_id, "attempted", o, will_retry=retrying, next_at=decision.at))
-        w.events.append(_Event(plan_id, "decided", o, decision=decision))
-        w.results[
-            {
-                Action.RETRY: "rescheduled",
-                Action.WAIT_FOR_PAYMENT_METHOD: "waiting_for_customer",
-                Action.STOP: "exhausted",
-            }[decision.action]
-        ] += 1
-
-    async def _record(self, opened: list[_Open]) -> Counter[str]:
-        now = now_utc()
-        w = _Writes()
-        ids = [o.plan_id for o in opened]
-        async with self._db.transaction() as conn:
-            locked = {r["plan_id"]: r for r in await conn.fetch(LOCK_LEASED, ids, self.worker_id)}
-            mine = [o for o in opened if o.plan_id in locked]
-            w.results["lease_lost"] += len(opened) - len(mine)
-            methods = _methods_of(await conn.fetch(METHODS, ids))
-            stats = await self.context.stats.get(conn)
-            schedules = [
-                await self._schedule(conn, locked[o.plan_id]["schedule_code"]) for o in mine
-            ]
-            # Outcomes first: the decisions see them in the card history, as in RetryJob.
-            await conn.executemany(RQ["finish_attempt"], [self._finish_row(o) for o in mine])
-            cards = [m.payment_method_id for ms in methods.values() for m in ms]
-            history = _history_by_card(await plans.card_history(conn, cards, now - HISTORY_WINDOW))
-            for o, schedule in zip(mine, schedules, strict=True):
-                ms = methods.get(o.plan_id, ())
-                plan = locked[o.plan_id]
-                self._decide(o, plan, ms, _history(history, ms), schedule, stats, now, w)
-            if w.decisions:
-                sequences = {
-                    r["plan_id"]: r["next"]
-                    for r in await conn.fetch(NEXT_SEQUENCES, [d[0] for d in w.decisions])
-                }
-                await conn.executemany(
-                    RQ["insert_decision"],
-                    [(d[0], sequences.get(d[0], 1), *d[1:]) for d in w.decisions],
-                )
-            if w.moves:
-                columns = [list(column) for column in zip(*w.moves, strict=True)]
-                await conn.execute(MOVE_PLANS, *columns, self.worker_id)
-            views = {r["plan_id"]: r for r in await conn.fetch(VIEWS, ids)}
-            outbox, audit = self._events(w.events, views, now)
-            await conn.executemany(JQ["outbox_add"], outbox)
-            await conn.executemany(JQ["audit_append"], audit)  # last: the chain head's lock
-            for plan_id in w.exhausted:  # rare: the service's per-plan dunning step
-                await dunning.on_exhausted(conn, plan_id, actor=SYSTEM.name)
-        return w.results
-
-    @staticmethod
-    def _finish_row(o: _Open) -> tuple[Any, ...]:
-        assert o.outcome is not None
-        kind, decline, classification = _classified(o.outcome)
-        message = o.outcome.message or (classification.reason if classification else "")
-        return (
-            o.attempt_id,
-            kind,
-            decline.code if decline else "",
-            decline.visa_response_code if decline else "",
-            decline.mc_advice_code if decline else "",
-            classification.decline_class.value if classification else "",
-            o.outcome.gateway_charge_id,
-            message[:1000],
-        )
-
-    @staticmethod
-    def _events(
-        events: list[_Event], views: dict[uuid.UUID, Record], now: datetime
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """Each plan's snapshot converted once; the events and audit rows as changes.record
-        writes them (the attempt's event first, then the recovery or the decision)."""
-        outbox: list[tuple[Any, ...]] = []
-        audit: list[tuple[Any, ...]] = []
-        snapshots: dict[uuid.UUID, Any] = {}
-        occurred = Timestamp()
-        occurred.FromDatetime(now)
-        for e in events:
-            snapshot = snapshots.get(e.plan_id)
-            if snapshot is None:
-                snapshot = snapshots[e.plan_id] = convert.retry_plan(views[e.plan_id])
-            number = e.opened.request.attempt
-            payload: Message
-            data: dict[str, Any]
-            if e.kind == "attempted":
-                attempt = next(a for a in snapshot.attempts if a.attempt_number == number)
-                action, event_field = "retry.attempted", "retry_attempted"
-                payload = events_pb2.RetryAttempted(
-                    plan=snapshot,
-                    attempt=attempt,
-                    will_retry=e.will_retry,
-                    next_attempt_time=convert.ts(e.next_at),
-                )
-                data = {
-                    "attempt": number,
-                    "outcome": attempt.outcome,
-                    "idempotency_key": e.opened.request.idempotency_key,
-                    "will_retry": e.will_retry,
-                }
-            elif e.kind == "recovered":
-                assert e.opened.outcome is not None
-                action, event_field = "payment.recovered", "payment_recovered"
-                payload = events_pb2.PaymentRecovered(plan=snapshot, recovered_by="retry")
-                data = {
-                    "recovered_by": "retry",
-                    "attempt": number,
-                    "gateway_charge_id": e.opened.outcome.gateway_charge_id,
-                }
-            else:
-                decision = e.decision
-                assert decision is not None
-                latest = snapshot.decisions[-1]
-                if decision.action is Action.STOP:
-                    action, event_field = "retry.exhausted", "retry_plan_exhausted"
-                    payload = events_pb2.RetryPlanExhausted(plan=snapshot, reason=decision.reason)
-                    data = {
-                        "decision": latest.sequence,
-                        "reason": decision.reason,
-                        "rule_ids": list(decision.rule_ids),
-                    }
-                else:
-                    action, event_field = "retry.scheduled", "retry_scheduled"
-                    payload = events_pb2.RetryScheduled(plan=snapshot, decision=latest)
-                    data = {
-                        "decision": latest.sequence,
-                        "action": decision.action.value,
-                        "next_attempt_at": decision.at.isoformat() if decision.at else None,
-                        "payment_method_id": latest.payment_method_id,
-                        "rule_ids": list(decision.rule_ids),
-                    }
-            event_id = uuid.uuid4()
-            event = events_pb2.Event(
-                event_id=str(event_id),
-                type=action,
-                occur_time=occurred,
-                aggregate_type="retry_plan",
-                aggregate_id=str(e.plan_id),
-                actor=SYSTEM.name,
-            )
-            getattr(event, event_field).CopyFrom(payload)
-            plan_text = str(e.plan_id)
-            outbox.append((event_id, action, "retry_plan", plan_text, event.SerializeToString()))
-            audit.append(
-                (SYSTEM.name, action, "retry_plan", plan_text, {**data, "event_id": str(event_id)})
-            )
-        return outbox, audit
 
 
 # -- diagnostics: every statement of a serial run, and per-call costs --------------------------
@@ -1045,9 +577,14 @@ def query_names() -> dict[str, str]:
 
 @dataclass(eq=False)  # hashable: asyncpg keeps its query loggers in a set
 class StatementLog:
+    """Every statement's client-side time (asyncpg query logger: sent, answered and decoded),
+    by scope and name. Scope ``chunk``: inside a chunk's ``_process`` (the logger runs in the
+    statement's context, so ``IN_CHUNK`` tells); ``run``: the rest of ``RetryJob.run`` (claim,
+    stats age, the dunning pass)."""
+
     names: dict[str, str] = field(default_factory=query_names)
-    count: Counter[str] = field(default_factory=Counter)
-    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    count: Counter[tuple[str, str]] = field(default_factory=Counter)
+    seconds: defaultdict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
 
     def __call__(self, record: asyncpg.connection.LoggedQuery) -> None:
         text = record.query.strip()
@@ -1056,17 +593,23 @@ class StatementLog:
             first = text.split(None, 1)[0].upper().rstrip(";") if text else ""
             if text.startswith("SELECT pg_advisory_unlock_all()"):
                 name = "(asyncpg pool reset on release)"
+            elif "typeinfo_tree" in text or "set_config('jit'" in text:
+                # asyncpg learning a type, with JIT off around it: once per connection and type.
+                name = "(asyncpg type introspection, first use on a connection)"
             elif first in ("BEGIN", "COMMIT", "ROLLBACK"):
                 name = f"({first})"
             else:
                 name = re.sub(r"\s+", " ", text)[:60]
-        self.count[name] += 1
-        self.seconds[name] += record.elapsed
+        key = ("chunk" if IN_CHUNK.get() else "run", name)
+        self.count[key] += 1
+        self.seconds[key] += record.elapsed
 
 
-async def serial_diagnosis(dsn: str) -> dict[str, Any]:
-    """The real job with one loop and concurrency 1, every statement logged: round trips per
-    attempt, and the share of an attempt's time spent waiting for statements."""
+async def serial_diagnosis(dsn: str, chunk: int, batch: int) -> dict[str, Any]:
+    """The real job with chunks of ``chunk`` plans but nothing overlapping (one loop, one
+    chunk in flight, one gateway call at a time), every statement logged: statements and the
+    time waiting for them per chunk and per attempt. Serial, so the statements' times add up
+    to the part of the wall time spent waiting on PostgreSQL."""
     log = StatementLog()
 
     async def init(conn: asyncpg.Connection[Record]) -> None:
@@ -1079,38 +622,67 @@ async def serial_diagnosis(dsn: str) -> dict[str, Any]:
     assert pool is not None
     db = Database(pool)
     try:
-        run = await drive(service_jobs(db, 1, 1), batch=500, seconds=0)
+        jobs = service_jobs(db, 1, concurrency=1, chunk=chunk, chunks=1)
+        run = await drive(jobs, batch=batch, seconds=0)
     finally:
         await db.close()
     await asyncio.sleep(0.05)  # the last logger callbacks
-    attempts = max(run.attempts, 1)
-    busy = sum(run.latencies)
+    attempts, chunks, runs = max(run.attempts, 1), max(run.chunks, 1), max(run.runs, 1)
+    wall = max(run.ended - run.started, 1e-9)
     waited = sum(log.seconds.values())
-    ranked = sorted(log.count.items(), key=lambda kv: (-kv[1], kv[0]))
+    in_chunks = {k: n for k, n in log.count.items() if k[0] == "chunk"}
+    chunk_wait = sum(log.seconds[k] for k in in_chunks)
+    statements: dict[str, dict[str, Any]] = {}
+    for (scope, name), n in sorted(log.count.items(), key=lambda kv: (kv[0][0], -kv[1], kv[0])):
+        seconds = log.seconds[(scope, name)]
+        per = chunks if scope == "chunk" else runs
+        statements[f"{scope}: {name}"] = {
+            "scope": scope,
+            "name": name,
+            "calls": n,
+            f"calls_per_{scope}": round(n / per, 2),
+            "ms_per_call": round(seconds * 1000 / n, 3),
+            f"ms_per_{scope}": round(seconds * 1000 / per, 3),
+            "ms_per_attempt": round(seconds * 1000 / attempts, 4),
+        }
     return {
+        "chunk": chunk,
         "attempts": run.attempts,
+        "chunks": run.chunks,
+        "job_runs": run.runs,
+        "attempts_per_chunk": round(run.attempts / chunks, 1),
         "summary": {k: v for k, v in run.summary.items() if v},
-        "statements_per_attempt": round(sum(log.count.values()) / attempts, 2),
-        "ms_per_attempt": round(busy * 1000 / attempts, 3),
+        "wall_ms_per_attempt": round(wall * 1000 / attempts, 3),
+        "ms_per_chunk": round(sum(jobs[0].chunk_seconds) * 1000 / chunks, 2),
+        "statements_total": sum(log.count.values()),
+        "statements_per_chunk": round(sum(in_chunks.values()) / chunks, 2),
+        "statements_per_run": round((sum(log.count.values()) - sum(in_chunks.values())) / runs, 2),
+        "statements_per_attempt": round(sum(log.count.values()) / attempts, 3),
+        "statement_wait_ms_per_chunk": round(chunk_wait * 1000 / chunks, 3),
         "statement_wait_ms_per_attempt": round(waited * 1000 / attempts, 3),
-        "statement_wait_share": round(waited / busy, 3) if busy else 0.0,
-        "statements": {
-            name: {
-                "per_attempt": round(n / attempts, 2),
-                "ms_per_attempt": round(log.seconds[name] * 1000 / attempts, 3),
-            }
-            for name, n in ranked
-        },
+        "statement_wait_share_of_wall": round(waited / wall, 3),
+        "statements": statements,
     }
 
 
 async def per_call_costs(db: Database, tag: str) -> dict[str, Any]:
-    """CPU of what the record transaction repeats per plan, on a plan after its attempt."""
+    """CPU of what the record transaction repeats per plan (the event's plan snapshot, the
+    event), on a plan after its attempt; and, apart, what GetRetryPlan costs (the view with
+    the whole history as JSON, ``convert.retry_plan``), which the job no longer does."""
     async with db.connection() as conn:
         plan_id = await conn.fetchval(
             "SELECT plan_id FROM retry_plan WHERE split_part(payment_id, '_', 2) = $1 "
-            "AND status = 'ACTIVE' AND attempt_count >= 2 LIMIT 1",
+            "ORDER BY status = 'ACTIVE' DESC, attempt_count DESC LIMIT 1",
             tag,
+        )
+        plan_row = await conn.fetchrow("SELECT * FROM retry_plan WHERE plan_id = $1", plan_id)
+        wallet = [
+            {"payment_method_id": m["payment_method_id"], "network": m["network"]}
+            for m in (await plans.methods_of_plans(conn, [plan_id]))[plan_id]
+        ]
+        attempt_row = await conn.fetchrow(
+            "SELECT * FROM payment_attempt WHERE plan_id = $1 ORDER BY attempt_number DESC LIMIT 1",
+            plan_id,
         )
         row = await conn.fetchrow(RQ["view"], plan_id)
         texts = await conn.fetchrow(
@@ -1118,6 +690,8 @@ async def per_call_costs(db: Database, tag: str) -> dict[str, Any]:
             "metadata::text FROM retry_plan_view WHERE plan_id = $1",
             plan_id,
         )
+        assert plan_row is not None
+        assert attempt_row is not None
         assert row is not None
         assert texts is not None
         reps = 300
@@ -1125,20 +699,33 @@ async def per_call_costs(db: Database, tag: str) -> dict[str, Any]:
         for _ in range(reps):
             await conn.fetchrow(RQ["view"], plan_id)
         view_ms = (time.perf_counter() - started) * 1000 / reps
-    snapshot = convert.retry_plan(row)
+    state = convert.retry_plan_state(plan_row, wallet)
     event = events_pb2.Event(event_id=str(uuid.uuid4()), type="retry.attempted")
-    event.retry_attempted.CopyFrom(events_pb2.RetryAttempted(plan=snapshot))
+    event.retry_attempted.CopyFrom(
+        events_pb2.RetryAttempted(
+            plan=state, attempt=convert.payment_attempt(attempt_row), will_retry=True
+        )
+    )
+    full = convert.retry_plan(row)
 
     def micros(fn: Callable[[], object], number: int = 2000) -> float:
         return round(timeit.timeit(fn, number=number) * 1e6 / number, 1)
 
     return {
-        "view_json_bytes": sum(len(t) for t in texts if t),
-        "us_json_loads_view_columns": micros(lambda: [json.loads(t) for t in texts if t]),
-        "us_convert_retry_plan": micros(lambda: convert.retry_plan(row)),
-        "us_event_serialize": micros(event.SerializeToString),
-        "event_bytes": len(event.SerializeToString()),
-        "ms_view_statement_serial": round(view_ms, 3),
+        "job_event": {
+            "us_convert_retry_plan_state": micros(
+                lambda: convert.retry_plan_state(plan_row, wallet)
+            ),
+            "us_event_serialize": micros(event.SerializeToString),
+            "event_bytes": len(event.SerializeToString()),
+        },
+        "get_retry_plan": {
+            "ms_view_statement_serial": round(view_ms, 3),
+            "view_json_bytes": sum(len(t) for t in texts if t),
+            "us_json_loads_view_columns": micros(lambda: [json.loads(t) for t in texts if t]),
+            "us_convert_retry_plan": micros(lambda: convert.retry_plan(row)),
+            "plan_bytes": len(full.SerializeToString()),
+        },
     }
 
 
@@ -1148,14 +735,14 @@ async def per_call_costs(db: Database, tag: str) -> dict[str, Any]:
 PROFILE_BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("open transaction (RetryJob._open)", ("RetryJob._open ",)),
     ("record transaction (RetryJob._record)", ("RetryJob._record ",)),
-    ("view() reads (retry_plan_view)", ("view (service/retries.py",)),
     ("jsonb decode (json.loads)", ("JSONDecoder.decode", "loads (json/")),
     ("jsonb encode (json.dumps)", ("dumps (json/",)),
-    ("protobuf: convert.retry_plan", ("retry_plan (service/convert.py",)),
-    ("events + audit (changes.record)", ("record (service/changes.py",)),
+    ("protobuf: service/convert.py (plan state, attempt, decision)", ("(service/convert.py",)),
+    ("events + audit queued (changes.record)", ("record (service/changes.py",)),
+    ("outbox + audit rows written before COMMIT", ("flush (repository/journal.py",)),
     ("decide (domain)", ("decide (service/domain/retry_plan.py",)),
     ("network rules (check_attempt)", ("check_attempt (service/domain",)),
-    ("card history (query + past_attempts)", ("card_history (service/retries.py",)),
+    ("card history (CardHistories: query + past_attempts)", ("CardHistories.",)),
     ("dunning pass per run (dunning.run_due)", ("run_due (service/dunning.py",)),
     ("pool acquire / release / reset", ("Pool.acquire", "PoolAcquireContext", "Pool.release")),
     ("BEGIN / COMMIT", ("Transaction.start", "Transaction.__aexit__", "Transaction.__commit")),
@@ -1285,6 +872,8 @@ def plan_facts(lines: list[str]) -> dict[str, Any]:
         join = "hash join over a SEQ SCAN of retry_plan"
     elif "Index Scan using retry_plan_pkey on retry_plan p" in text:
         join = "nested loop on retry_plan_pkey"
+    elif "Bitmap Heap Scan on retry_plan p" in text and "Scan on retry_plan_pkey" in text:
+        join = "bitmap scan of retry_plan_pkey"
     else:
         join = "?"
     return {
@@ -1379,27 +968,30 @@ async def child_main(args: argparse.Namespace) -> dict[str, Any]:
         }
     db = await Database.connect(args.dsn, max_size=args.pool)
     try:
-        jobs: Sequence[Any]
-        if args.child == "job":
-            jobs = service_jobs(db, args.loops, args.concurrency)
-        else:
-            gateway = SandboxGateway()
-            jobs = [
-                BatchedPrototype(db, gateway, chunk=args.chunk, concurrency=args.chunk_concurrency)
-                for _ in range(args.loops)
-            ]
+        jobs = service_jobs(
+            db, args.loops, concurrency=args.concurrency, chunk=args.chunk, chunks=args.chunks
+        )
         run = await drive(jobs, batch=args.batch, seconds=args.job_seconds, start_at=args.start_at)
     finally:
         await db.close()
     return dataclasses.asdict(run)
 
 
+def find_py_spy() -> str | None:
+    """py-spy, in the venv or on PATH; not a project dependency (``.venv/bin/pip install
+    py-spy``)."""
+    return shutil.which("py-spy", path=str(VENV_BIN)) or shutil.which("py-spy")
+
+
 async def run_children(
     mode: str, dsn: str, count: int, extra: list[str], *, profile: Path | None = None
 ) -> list[dict[str, Any]]:
-    """``count`` processes of this module in child ``mode``, started together."""
+    """``count`` processes of this module in child ``mode``, started together; with
+    ``profile``, each under ``py-spy record`` (which must be installed)."""
     start_at = time.monotonic() + 2.0
-    py_spy = shutil.which("py-spy", path=str(VENV_BIN)) or shutil.which("py-spy")
+    py_spy = find_py_spy()
+    if profile is not None and py_spy is None:
+        raise RuntimeError("py-spy is not installed")
     with tempfile.TemporaryDirectory(prefix="rr-bench-") as tmp:
         outs = [Path(tmp) / f"{mode}-{n}.json" for n in range(count)]
         processes = []
@@ -1538,17 +1130,23 @@ class Context:
         self.loads[tag] = round(seconds, 2)
         say(f"   setup: {count:,} due plans '{tag}' in {seconds:.1f} s")
 
-    def child_args(self, loops: int, *, per_plan: bool = False) -> list[str]:
-        """The children's options; ``per_plan``: the prototype with chunks of one plan and as
-        many in flight as RetryJob's concurrency (per-plan transactions, view read once,
-        audit rows last)."""
+    def child_args(self, loops: int) -> list[str]:
         a = self.args
-        chunk, in_flight = (1, a.concurrency) if per_plan else (a.chunk, a.chunk_concurrency)
         return [
             *("--loops", str(loops), "--batch", str(a.batch), "--pool", str(a.pool)),
-            *("--concurrency", str(a.concurrency), "--chunk", str(chunk)),
-            *("--chunk-concurrency", str(in_flight), "--job-seconds", str(a.job_seconds)),
+            *("--concurrency", str(a.concurrency), "--chunk", str(a.chunk)),
+            *("--chunks", str(a.chunks), "--job-seconds", str(a.job_seconds)),
         ]
+
+    def job_settings(self) -> dict[str, int]:
+        a = self.args
+        return {
+            "batch": a.batch,
+            "chunk": a.chunk,
+            "chunks": a.chunks,
+            "concurrency": a.concurrency,
+            "pool": a.pool,
+        }
 
 
 async def phase_raw(ctx: Context) -> Phase:
@@ -1571,12 +1169,9 @@ async def phase_raw(ctx: Context) -> Phase:
     return phase
 
 
-async def phase_jobs(
-    ctx: Context, label: str, title: str, count: int, *, mode: str, procs: int
-) -> Phase:
-    """``mode`` job (the service's RetryJob) or batched (the prototype) on ``count`` due
-    plans: ``procs`` = 0 in this process (``--workers`` loops), else that many processes with
-    one loop each."""
+async def phase_jobs(ctx: Context, label: str, title: str, count: int, *, procs: int) -> Phase:
+    """The service's RetryJob on ``count`` due plans: ``procs`` = 0 in this process
+    (``--workers`` loops), else that many processes with one loop each."""
     args = ctx.args
     tag = label.lower()
     await ctx.load(tag, count)
@@ -1585,17 +1180,22 @@ async def phase_jobs(
         if procs == 0:
             db = await Database.connect(ctx.dsn, max_size=args.pool)
             try:
-                jobs = service_jobs(db, args.workers, args.concurrency)
+                jobs = service_jobs(
+                    db,
+                    args.workers,
+                    concurrency=args.concurrency,
+                    chunk=args.chunk,
+                    chunks=args.chunks,
+                )
                 run = await drive(jobs, batch=args.batch, seconds=args.job_seconds)
             finally:
                 await db.close()
         else:
             run = JobRun()
-            child_args = ctx.child_args(1, per_plan=mode == "per_plan")
-            child_mode = "batched" if mode == "per_plan" else mode
-            for part in await run_children(child_mode, ctx.dsn, procs, child_args):
+            for part in await run_children("job", ctx.dsn, procs, ctx.child_args(1)):
                 run.merge(JobRun(**part))
     phase.report = run.report(max(procs, 1), args.workers if procs == 0 else procs)
+    phase.report["job"] = ctx.job_settings()
     phase.report["postgres_cpu_ms_per_attempt"] = round(
         phase.cpu["postgres_cpu_seconds"] * 1000 / max(run.attempts, 1), 3
     )
@@ -1604,20 +1204,27 @@ async def phase_jobs(
     r = phase.report
     say(
         f"{label:<3}{title}: {r['attempts']:,} attempts in {r['seconds']:.1f} s = "
-        f"{r['attempts_per_second']:,.0f}/s (p50 {r['p50_ms']:.1f} ms)"
+        f"{r['attempts_per_second']:,.0f}/s in {r['chunks']:,} chunks (p50 {r['p50_ms']:.1f} ms)"
     )
     return phase
 
 
 async def phase_profile(ctx: Context) -> dict[str, Any]:
+    if find_py_spy() is None:
+        skipped = "py-spy is not installed (not a project dependency): .venv/bin/pip install py-spy"
+        say(f"P  skipped: {skipped}")
+        return {"skipped": skipped}
     await ctx.load("prof", ctx.args.profile_plans)
     out = RESULTS / "profile-retry-job.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
     (part,) = await run_children("job", ctx.dsn, 1, ctx.child_args(1), profile=out)
     report = JobRun(**part).report(1, 1)
+    report["job"] = ctx.job_settings()
     await retire_set(ctx.conn, "prof")
-    folded = fold_profile(out) if out.exists() else {"samples": 0}
+    folded: dict[str, Any] = fold_profile(out) if out.exists() else {"samples": 0}
+    if not folded["samples"]:
+        folded["skipped"] = f"py-spy recorded no samples (no {out.name}, or empty)"
     say(
         f"P  one job process under py-spy: {report['attempts_per_second']:,.0f}/s, "
         f"{folded['samples']} samples"
@@ -1660,28 +1267,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             phases: list[Phase] = []
             if "A" in wanted:
                 phases.append(await phase_raw(ctx))
-            plan: list[tuple[str, str, int, str, int]] = [
-                ("B1", f"RetryJob in-process, {args.workers} loops", args.plans, "job", 0),
-                ("B2", "RetryJob, 1 process, 1 loop", args.variant_plans, "job", 1),
-                ("B3", "RetryJob, 2 processes, 1 loop each", args.variant_plans, "job", 2),
-                ("B4", "prototype, chunks of 1 plan, 1 process", args.variant_plans, "per_plan", 1),
-                ("BP", "batched prototype, 1 process", args.prototype_plans, "batched", 1),
-                ("BQ", "batched prototype, 2 processes", args.prototype_plans, "batched", 2),
+            plan: list[tuple[str, str, int, int]] = [
+                ("B1", f"RetryJob in-process, {args.workers} loops", args.plans, 0),
+                ("B2", "RetryJob, 1 process, 1 loop", args.variant_plans, 1),
+                ("B3", "RetryJob, 2 processes, 1 loop each", args.variant_plans, 2),
             ]
-            for label, title, count, mode, procs in plan:
+            for label, title, count, procs in plan:
                 if label in wanted and count > 0:
-                    phases.append(
-                        await phase_jobs(ctx, label, title, count, mode=mode, procs=procs)
-                    )
+                    phases.append(await phase_jobs(ctx, label, title, count, procs=procs))
             result["phases"] = [dataclasses.asdict(p) for p in phases]
             if "D" in wanted and args.diag_plans:
                 await ctx.load("diag", args.diag_plans)
-                result["serial_diagnosis"] = diag = await serial_diagnosis(dsn)
+                diag = await serial_diagnosis(dsn, args.chunk, args.batch)
+                result["serial_diagnosis"] = diag
                 result["per_call"] = await per_call_costs(db, "diag")
                 say(
-                    f"D  serial job, every statement logged: {diag['statements_per_attempt']} "
-                    f"statements and {diag['ms_per_attempt']} ms per attempt, "
-                    f"{diag['statement_wait_share']:.0%} of it waiting on statements"
+                    f"D  serial job, every statement logged: {diag['chunks']} chunks of "
+                    f"{diag['attempts_per_chunk']} attempts, {diag['statements_per_chunk']} "
+                    f"statements per chunk, {diag['wall_ms_per_attempt']} ms per attempt, "
+                    f"{diag['statement_wait_share_of_wall']:.0%} of it waiting on statements"
                 )
             if "P" in wanted and args.profile_plans:
                 result["profile"] = await phase_profile(ctx)
@@ -1782,33 +1386,39 @@ def table(result: dict[str, Any]) -> str:
             + ((f"{q['vs_raw_one_row']:.3f}", f"{q['vs_raw_batch_100']:.3f}") if q else ("", ""))
         )
     lines = aligned(rows)
+    job = next((p["report"]["job"] for p in phases if "job" in p["report"]), None)
+    if job:
+        lines.append(
+            f"B: RetryJob(chunk={job['chunk']}, chunks={job['chunks']}, "
+            f"concurrency={job['concurrency']}), run(limit={job['batch']}), pool {job['pool']} "
+            "per process; p50/p99 = the attempt's chunk, open to record"
+        )
     lines.append("")
     for p in phases:
         if p["label"] == "A":
             continue
         r = p["report"]
         lines.append(
-            f"{p['label']}: CPU per attempt: job {r['job_cpu_ms_per_attempt']} ms, postgres "
+            f"{p['label']}: {r['chunks']:,} chunks, {r['attempts_per_chunk']} attempts each; "
+            f"CPU per attempt: job {r['job_cpu_ms_per_attempt']} ms, postgres "
             f"{r['postgres_cpu_ms_per_attempt']} ms; cores: job {r['job_process_cores']}, "
             f"postgres {p['cpu'].get('postgres_cores')}, machine {p['cpu'].get('machine_cores')}"
         )
         for state, mean in list(p["db_backends"].items())[:3]:
             lines.append(f"      {mean:>5.2f} backends  {state}")
     service = [p for p in phases if p["label"] in ("B1", "B2", "B3")]
-    proto = [p for p in phases if p["label"] in ("BP", "BQ")]
     if service:
         top = max(p["report"]["attempts_per_second"] for p in service)
-        text = (
+        lines.append(
             f"\ntarget >= 5,000 attempts/s: the service's RetryJob, best {top:,.0f}/s "
             f"({'met' if top >= 5000 else 'NOT met'})"
         )
-        if proto:
-            best = max(p["report"]["attempts_per_second"] for p in proto)
-            text += f"; the batched prototype, best {best:,.0f}/s"
-        lines.append(text)
     written = [p for p in phases if p.get("written")]
     if written:
-        lines.append("\nrows written per attempted plan (the prototype must match the service):")
+        lines.append(
+            "\nrows written per attempted plan (every B phase should write the same; a "
+            "different line or digest = different work):"
+        )
         for p in written:
             w = p["written"]
             per = w["per_plan"]
@@ -1820,18 +1430,56 @@ def table(result: dict[str, Any]) -> str:
     diag = result.get("serial_diagnosis")
     if diag:
         lines.append(
-            f"\nserial RetryJob (1 loop, concurrency 1, {diag['attempts']:,} attempts): "
-            f"{diag['statements_per_attempt']} statements per attempt, {diag['ms_per_attempt']} "
-            f"ms per attempt, {diag['statement_wait_ms_per_attempt']} ms of it waiting on "
-            f"statements ({diag['statement_wait_share']:.0%})"
+            f"\nserial RetryJob (1 loop, chunk={diag['chunk']}, chunks=1, concurrency=1): "
+            f"{diag['attempts']:,} attempts in {diag['chunks']} chunks "
+            f"({diag['attempts_per_chunk']} per chunk) and {diag['job_runs']} runs; "
+            f"{diag['wall_ms_per_attempt']} ms wall per attempt, a chunk "
+            f"{diag['ms_per_chunk']} ms open to record"
         )
-        for name, s in list(diag["statements"].items())[:22]:
-            lines.append(f"  {s['per_attempt']:>5.2f} x, {s['ms_per_attempt']:>6.3f} ms  {name}")
+        lines.append(
+            f"  in a chunk: {diag['statements_per_chunk']} statements, waiting on them "
+            f"{diag['statement_wait_ms_per_chunk']} ms; outside chunks: "
+            f"{diag['statements_per_run']} statements per run"
+        )
+        lines.append(
+            f"  per attempt, all statements: {diag['statements_per_attempt']}, waiting on them "
+            f"{diag['statement_wait_ms_per_attempt']} ms = "
+            f"{diag['statement_wait_share_of_wall']:.0%} of the wall time"
+        )
+        stmts: list[tuple[str, ...]] = [
+            ("where", "statement", "calls", "per chunk/run", "ms per call", "ms per chunk/run")
+        ]
+        for s in diag["statements"].values():
+            scope = s["scope"]
+            stmts.append(
+                (
+                    scope,
+                    s["name"],
+                    f"{s['calls']:,}",
+                    f"{s[f'calls_per_{scope}']:.2f}",
+                    f"{s['ms_per_call']:.3f}",
+                    f"{s[f'ms_per_{scope}']:.3f}",
+                )
+            )
+        lines.extend("  " + line for line in aligned(stmts, left=2))
     per_call = result.get("per_call")
     if per_call:
-        lines.append("per call: " + ", ".join(f"{k} {v}" for k, v in per_call.items()))
+        ev, get = per_call["job_event"], per_call["get_retry_plan"]
+        lines.append(
+            f"per plan in the record transaction: convert.retry_plan_state "
+            f"{ev['us_convert_retry_plan_state']} us, RetryAttempted event serialized "
+            f"{ev['us_event_serialize']} us ({ev['event_bytes']} bytes)"
+        )
+        lines.append(
+            f"GetRetryPlan (not the job): view read {get['ms_view_statement_serial']} ms, "
+            f"{get['view_json_bytes']} bytes of JSON, json.loads "
+            f"{get['us_json_loads_view_columns']} us, convert.retry_plan "
+            f"{get['us_convert_retry_plan']} us ({get['plan_bytes']} bytes)"
+        )
     prof = result.get("profile")
-    if prof and prof.get("samples"):
+    if prof and prof.get("skipped"):
+        lines.append(f"\nprofile (P): skipped, {prof['skipped']}")
+    elif prof:
         lines.append(
             f"\none RetryJob process under py-spy ({prof['samples']} on-CPU samples, "
             f"{prof['run']['attempts_per_second']:,.0f} attempts/s while sampled), inclusive:"
@@ -1914,15 +1562,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--batch", type=int, default=500, help="limit of each RetryJob.run (BILLING_JOB_BATCH)")
     add("--stored", type=sizes, default=[10_000, 100_000, 1_000_000], help="phase C sizes")
     add("--job-seconds", type=float, default=20.0, help="no new job run after this (0: drain)")
-    add("--variant-plans", type=int, default=15_000, help="due plans loaded for B2, B3, B4")
-    add("--prototype-plans", type=int, default=40_000, help="due plans loaded for BP and BQ")
+    add("--variant-plans", type=int, default=15_000, help="due plans loaded for B2 and B3")
     add("--raw-plans", type=int, default=100_000, help="due plans loaded for phase A")
     add("--raw-loops", type=int, default=8)
     add("--raw-seconds", type=float, default=3.0, help="length of each raw measurement")
     add("--pool", type=int, default=SERVICE_POOL, help="database pool of each job process")
     add("--concurrency", type=int, default=SERVICE_CONCURRENCY, help="RetryJob(concurrency=)")
-    add("--chunk", type=int, default=100, help="plans per prototype transaction")
-    add("--chunk-concurrency", type=int, default=4, help="prototype chunks in flight")
+    add("--chunk", type=int, default=100, help="RetryJob(chunk=): plans per transaction")
+    add("--chunks", type=int, default=8, help="RetryJob(chunks=): chunks in flight")
     add("--success-percent", type=int, default=30, help="charges the sandbox approves")
     add("--diag-plans", type=int, default=500, help="plans for the serial diagnosis (D)")
     add("--profile-plans", type=int, default=3000, help="plans for the py-spy profile (P)")
@@ -1939,7 +1586,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--output", type=Path, default=RESULTS / "retry_throughput.json")
     # The child processes this module starts.
     hidden = argparse.SUPPRESS
-    add("--child", choices=("raw", "job", "batched"), help=hidden)
+    add("--child", choices=("raw", "job"), help=hidden)
     add("--dsn", help=hidden)
     add("--out", type=Path, help=hidden)
     add("--start-at", type=float, default=0.0, help=hidden)

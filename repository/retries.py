@@ -293,3 +293,152 @@ async def refresh_stats(conn: Connection) -> None:
     """Rebuild attempt_stats (call inside a transaction)."""
     await conn.execute(Q["clear_stats"])
     await conn.execute(Q["refresh_stats"])
+
+
+# The billing job's chunked steps: one statement per step for a whole chunk of plans.
+
+
+async def leased_plans(
+    conn: Connection, plan_ids: Sequence[uuid.UUID], worker: str
+) -> list[asyncpg.Record]:
+    """The plans still leased by ``worker``, locked, in plan_id order."""
+    return await conn.fetch(Q["leased_plans"], list(plan_ids), worker)
+
+
+async def methods_of_plans(
+    conn: Connection, plan_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[asyncpg.Record]]:
+    out: dict[uuid.UUID, list[asyncpg.Record]] = {plan_id: [] for plan_id in plan_ids}
+    for row in await conn.fetch(Q["methods_of_plans"], list(plan_ids)):
+        out[row["plan_id"]].append(row)
+    return out
+
+
+async def schedules(conn: Connection, codes: Sequence[str]) -> dict[str, asyncpg.Record]:
+    return {r["code"]: r for r in await conn.fetch(Q["schedules"], sorted(set(codes)))}
+
+
+async def attempt_facts(
+    conn: Connection, plan_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, asyncpg.Record]:
+    """Per plan (with any attempt): next_number, last_class, and open_attempt_id with that
+    attempt's attempt_number, payment_method_id, retry_of_class, attempted_at and
+    gateway_charge_id (known when the gateway answered PENDING) when it is still open: a
+    worker died mid-charge, or the outcome is unknown or pending."""
+    return {r["plan_id"]: r for r in await conn.fetch(Q["attempt_facts"], list(plan_ids))}
+
+
+async def insert_attempts(conn: Connection, attempts: Sequence[NewAttempt]) -> list[uuid.UUID]:
+    """Insert OPEN attempts (the outcome columns stay empty until ``finish_attempts``)."""
+    ids = [uuid.uuid4() for _ in attempts]
+    await conn.execute(
+        Q["insert_attempts"],
+        ids,
+        [a.plan_id for a in attempts],
+        [a.attempt_number for a in attempts],
+        [a.source for a in attempts],
+        [a.attempted_at for a in attempts],
+        [a.payment_method_id for a in attempts],
+        [a.network for a in attempts],
+        [a.outcome for a in attempts],
+        [a.idempotency_key for a in attempts],
+        [a.retry_of_class for a in attempts],
+        [a.local_hour for a in attempts],
+        [a.day_of_month for a in attempts],
+        [a.days_since_failure for a in attempts],
+    )
+    return ids
+
+
+async def count_attempts(conn: Connection, plan_ids: Sequence[uuid.UUID]) -> None:
+    await conn.execute(Q["count_attempts"], list(plan_ids))
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedAttempt:
+    attempt_id: uuid.UUID
+    outcome: str
+    decline_code: str = ""
+    visa_response_code: str = ""
+    mc_advice_code: str = ""
+    decline_class: str = ""
+    gateway_charge_id: str = ""
+    message: str = ""
+
+
+async def finish_attempts(
+    conn: Connection, finished: Sequence[FinishedAttempt]
+) -> dict[uuid.UUID, asyncpg.Record]:
+    """Record outcomes of OPEN (or UNKNOWN) attempts; the updated rows by attempt id."""
+    rows = await conn.fetch(
+        Q["finish_attempts"],
+        [f.attempt_id for f in finished],
+        [f.outcome for f in finished],
+        [f.decline_code for f in finished],
+        [f.visa_response_code for f in finished],
+        [f.mc_advice_code for f in finished],
+        [f.decline_class for f in finished],
+        [f.gateway_charge_id for f in finished],
+        [f.message[:1000] for f in finished],
+    )
+    return {r["attempt_id"]: r for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class NewDecision:
+    plan_id: uuid.UUID
+    action: str
+    next_attempt_at: datetime | None
+    payment_method_id: str
+    reason: str
+    rule_ids: Sequence[str]
+    data: dict[str, Any]
+
+
+async def insert_decisions(
+    conn: Connection, decisions: Sequence[NewDecision]
+) -> dict[uuid.UUID, asyncpg.Record]:
+    """Store one decision per plan, each numbered after the plan's last; rows by plan id."""
+    for d in decisions:
+        assert not any(" " in rule or not rule for rule in d.rule_ids), d.rule_ids
+    rows = await conn.fetch(
+        Q["insert_decisions"],
+        [d.plan_id for d in decisions],
+        [d.action for d in decisions],
+        [d.next_attempt_at for d in decisions],
+        [d.payment_method_id for d in decisions],
+        [d.reason for d in decisions],
+        [" ".join(d.rule_ids) for d in decisions],
+        [d.data for d in decisions],
+    )
+    return {r["plan_id"]: r for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class PlanMove:
+    plan_id: uuid.UUID
+    status: str
+    status_reason: str
+    next_attempt_at: datetime | None
+    method_index: int
+    waiting_for_method: bool
+    attempt_count: int
+
+
+async def move_plans(
+    conn: Connection, moves: Sequence[PlanMove], worker: str
+) -> dict[uuid.UUID, asyncpg.Record]:
+    """Move plans leased by ``worker`` to their new state and release the leases; the plans
+    as they now are, by id."""
+    rows = await conn.fetch(
+        Q["move_plans"],
+        [m.plan_id for m in moves],
+        [m.status for m in moves],
+        [m.status_reason for m in moves],
+        [m.next_attempt_at for m in moves],
+        [m.method_index for m in moves],
+        [m.waiting_for_method for m in moves],
+        [m.attempt_count for m in moves],
+        worker,
+    )
+    return {r["plan_id"]: r for r in rows}

@@ -194,28 +194,19 @@ def _enum(enum: Any, prefix: str, value: str) -> Any:
     return enum.Value(f"{prefix}_{value}") if value else 0
 
 
-def retry_plan(row: Row) -> retry_plan_pb2.RetryPlan:
-    """From a ``retry_plan_view`` row (methods, attempts and decisions as JSON lists)."""
-    currency = row["currency"]
-    plan = retry_plan_pb2.RetryPlan(
+def retry_plan_state(row: Row, methods: Sequence[Row]) -> retry_plan_pb2.RetryPlan:
+    """The plan as it is now, without its history (attempts, decisions, dunning steps): what
+    every retry event carries, from a ``retry_plan`` row and its wallet rows. An event names
+    the attempt or decision it is about in its own fields; GetRetryPlan gives the history."""
+    return retry_plan_pb2.RetryPlan(
         dunning_campaign_code=row["campaign_code"] or "",
         dunning_excluded=row["dunning_excluded"],
-        dunning_steps=[
-            dunning_pb2.DunningStepRun(
-                step_index=s["step_index"],
-                day=s["day"],
-                kind=_enum(dunning_pb2.DunningStepKind, "DUNNING_STEP_KIND", s["kind"]),
-                template=s["template"],
-                run_time=ts(s["run_at"]),
-            )
-            for s in row["dunning_steps"]
-        ],
         plan_id=str(row["plan_id"]),
         payment_id=row["payment_id"],
         billing_event_id=row["billing_event_id"],
         customer_id=row["customer_id"],
         subscription_id=row["subscription_id"],
-        amount=money(currency, row["amount"]),
+        amount=money(row["currency"], row["amount"]),
         gateway=row["gateway"],
         retry_schedule_code=row["schedule_code"],
         time_zone=row["time_zone"],
@@ -233,22 +224,51 @@ def retry_plan(row: Row) -> retry_plan_pb2.RetryPlan:
             retry_plan_pb2.PaymentMethod(
                 payment_method_id=m["payment_method_id"], network=m["network"]
             )
-            for m in row["methods"]
+            for m in methods
         ],
-        attempts=[payment_attempt(a) for a in row["attempts"]],
     )
-    for d in row["decisions"]:
-        decision = plan.decisions.add(
-            sequence=d["sequence"],
-            decide_time=ts(d["decided_at"]),
-            action=_enum(retry_plan_pb2.DecisionAction, "DECISION_ACTION", d["action"]),
-            next_attempt_time=ts(d["next_attempt_at"]),
-            payment_method_id=d["payment_method_id"],
-            reason=d["reason"],
-            rule_ids=d["rule_ids"],
+
+
+def retry_plan(row: Row) -> retry_plan_pb2.RetryPlan:
+    """From a ``retry_plan_view`` row (methods, attempts and decisions as JSON lists): the
+    plan with its whole history."""
+    plan = retry_plan_state(row, row["methods"])
+    plan.dunning_steps.extend(
+        dunning_pb2.DunningStepRun(
+            step_index=s["step_index"],
+            day=s["day"],
+            kind=_enum(dunning_pb2.DunningStepKind, "DUNNING_STEP_KIND", s["kind"]),
+            template=s["template"],
+            run_time=ts(s["run_at"]),
         )
-        decision.data.update(d["data"])
+        for s in row["dunning_steps"]
+    )
+    plan.attempts.extend(payment_attempt(a) for a in row["attempts"])
+    plan.decisions.extend(retry_decision(d) for d in row["decisions"])
     return plan
+
+
+def retry_decision(d: Row) -> retry_plan_pb2.RetryDecision:
+    decision = retry_plan_pb2.RetryDecision(
+        sequence=d["sequence"],
+        decide_time=ts(d["decided_at"]),
+        action=_enum(retry_plan_pb2.DecisionAction, "DECISION_ACTION", d["action"]),
+        next_attempt_time=ts(d["next_attempt_at"]),
+        payment_method_id=d["payment_method_id"],
+        reason=d["reason"],
+        rule_ids=d["rule_ids"],
+    )
+    decision.data.update(d["data"])
+    return decision
+
+
+def event_plan(plan: retry_plan_pb2.RetryPlan) -> retry_plan_pb2.RetryPlan:
+    """A full snapshot trimmed to what events carry (see ``retry_plan_state``)."""
+    out = retry_plan_pb2.RetryPlan()
+    out.CopyFrom(plan)
+    for name in ("attempts", "decisions", "dunning_steps"):
+        out.ClearField(name)
+    return out
 
 
 def payment_attempt(a: Row) -> retry_plan_pb2.PaymentAttempt:

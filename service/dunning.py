@@ -228,7 +228,7 @@ async def _run_step(
             await retries.update_plan(conn, plan, next_attempt_at=now)
     row = await retries.view(conn, plan_id)
     assert row is not None
-    snapshot = convert.retry_plan(row)
+    snapshot = convert.retry_plan_state(row, row["methods"])
     data = {
         "campaign": campaign.code,
         "day": step.day,
@@ -279,7 +279,7 @@ async def on_exhausted(conn: Connection, plan_id: uuid.UUID, *, actor: str) -> N
         return
     row = await retries.view(conn, plan["plan_id"])
     assert row is not None
-    snapshot = convert.retry_plan(row)
+    snapshot = convert.retry_plan_state(row, row["methods"])
     await changes.record(
         conn,
         actor=actor,

@@ -39,7 +39,7 @@ from service.domain.retry_plan import (
     decide,
     plan_sources_of,
 )
-from service.domain.retry_schedule import DEFAULT_PAYMENT_SCHEDULE, validate_code
+from service.domain.retry_schedule import DEFAULT_PAYMENT_SCHEDULE, RetrySchedule, validate_code
 from service.domain.retry_timing import Rate, SuccessStats, buckets, validate_time_zone
 from service.errors import FailedPrecondition, InvalidArgument, NotFound
 from service.gateways.base import GATEWAYS
@@ -185,10 +185,63 @@ async def plan_methods(conn: Connection, plan_id: uuid.UUID) -> tuple[Method, ..
 async def card_history(
     conn: Connection, methods: Sequence[Method], now: datetime
 ) -> list[PastAttempt]:
-    rows = await retries.card_history(
-        conn, [m.payment_method_id for m in methods], now - HISTORY_WINDOW
+    return (await CardHistories.read(conn, [methods], now)).of(methods)
+
+
+class CardHistories:
+    """The card history of many wallets read in one query (a billing job chunk): what
+    ``card_history`` gives for one wallet, for any of them."""
+
+    def __init__(self, attempts: list[PastAttempt]) -> None:
+        self._by_card: dict[str, list[PastAttempt]] = {}
+        for attempt in attempts:
+            self._by_card.setdefault(attempt.card, []).append(attempt)
+
+    @classmethod
+    async def read(
+        cls, conn: Connection, wallets: Sequence[Sequence[Method]], now: datetime
+    ) -> CardHistories:
+        cards = sorted({m.payment_method_id for wallet in wallets for m in wallet})
+        return cls(past_attempts(await retries.card_history(conn, cards, now - HISTORY_WINDOW)))
+
+    def of(self, wallet: Sequence[Method]) -> list[PastAttempt]:
+        cards = {m.payment_method_id for m in wallet}
+        found = [a for card in cards for a in self._by_card.get(card, ())]
+        return sorted(found, key=lambda a: a.at) if len(cards) > 1 else found
+
+
+def decide_for(
+    plan: asyncpg.Record,
+    schedule: RetrySchedule,
+    methods: tuple[Method, ...],
+    *,
+    last: Classification,
+    decline_code: str,
+    failed_at: datetime,
+    attempts_made: int,
+    history: list[PastAttempt],
+    stats: dict[DeclineClass, SuccessStats],
+    now: datetime,
+    limits: NetworkLimits,
+) -> Decision:
+    """``decide`` for a plan row (no I/O: the caller has read the wallet, history, stats)."""
+    return decide(
+        schedule=schedule,
+        state=PlanState(
+            attempts_made=attempts_made,
+            first_failed_at=plan["first_failed_at"],
+            methods=methods,
+            method_index=plan["method_index"],
+            zone=ZoneInfo(plan["time_zone"]),
+        ),
+        last=last,
+        decline_code=decline_code,
+        failed_at=failed_at,
+        history=history,
+        stats=stats,
+        now=now,
+        limits=limits,
     )
-    return past_attempts(rows)
 
 
 async def decide_and_apply(
@@ -207,22 +260,17 @@ async def decide_and_apply(
     """Decide the plan's next step after a failure, store the decision with its reason, move
     the plan (next attempt, wallet position, or EXHAUSTED) and, with ``announce``, write the
     event and audit row."""
-    plan_id = plan["plan_id"]
     schedule_row = await settings.get_schedule(conn, plan["schedule_code"])
     assert schedule_row is not None  # a foreign key
-    methods = await plan_methods(conn, plan_id)
-    decision = decide(
-        schedule=schedule_from_row(schedule_row),
-        state=PlanState(
-            attempts_made=attempts_made,
-            first_failed_at=plan["first_failed_at"],
-            methods=methods,
-            method_index=plan["method_index"],
-            zone=ZoneInfo(plan["time_zone"]),
-        ),
+    methods = await plan_methods(conn, plan["plan_id"])
+    decision = decide_for(
+        plan,
+        schedule_from_row(schedule_row),
+        methods,
         last=last,
         decline_code=decline_code,
         failed_at=failed_at,
+        attempts_made=attempts_made,
         history=await card_history(conn, methods, now),
         stats=await context.stats.get(conn),
         now=now,
@@ -289,41 +337,53 @@ async def store_decision(
 
 
 async def announce_decision(
+    conn: Connection, plan_id: uuid.UUID, decision: Decision, *, actor: str
+) -> None:
+    """The event and audit row of the plan's latest decision, read back from the database."""
+    row = await view(conn, plan_id)
+    await announce(
+        conn,
+        decision,
+        plan=convert.retry_plan_state(row, row["methods"]),
+        latest=convert.retry_decision(row["decisions"][-1]),
+        actor=actor,
+    )
+
+
+async def announce(
     conn: Connection,
-    plan_id: uuid.UUID,
     decision: Decision,
     *,
+    plan: retry_plan_pb2.RetryPlan,
+    latest: retry_plan_pb2.RetryDecision,
     actor: str,
-    snapshot: retry_plan_pb2.RetryPlan | None = None,
 ) -> None:
-    """The event and audit row of the plan's latest decision (``snapshot``: the plan as it
-    now is, when the caller has just read it)."""
-    if snapshot is None:
-        snapshot = convert.retry_plan(await view(conn, plan_id))
-    latest = snapshot.decisions[-1]
+    """The event and audit row of ``decision``, stored as ``latest``, for ``plan`` as it now
+    is: retry.scheduled, or retry.exhausted and the dunning campaign's end."""
+    plan_id = plan.plan_id
     if decision.action is Action.STOP:
         await changes.record(
             conn,
             actor=actor,
             action="retry.exhausted",
             entity_type="retry_plan",
-            entity_id=str(plan_id),
+            entity_id=plan_id,
             data={
                 "decision": latest.sequence,
                 "reason": decision.reason,
                 "rule_ids": list(decision.rule_ids),
             },
             event_field="retry_plan_exhausted",
-            event_payload=events_pb2.RetryPlanExhausted(plan=snapshot, reason=decision.reason),
+            event_payload=events_pb2.RetryPlanExhausted(plan=plan, reason=decision.reason),
         )
-        await dunning.on_exhausted(conn, plan_id, actor=actor)
+        await dunning.on_exhausted(conn, uuid.UUID(plan_id), actor=actor)
         return
     await changes.record(
         conn,
         actor=actor,
         action="retry.scheduled",
         entity_type="retry_plan",
-        entity_id=str(plan_id),
+        entity_id=plan_id,
         data={
             "decision": latest.sequence,
             "action": decision.action.value,
@@ -332,7 +392,7 @@ async def announce_decision(
             "rule_ids": list(decision.rule_ids),
         },
         event_field="retry_scheduled",
-        event_payload=events_pb2.RetryScheduled(plan=snapshot, decision=latest),
+        event_payload=events_pb2.RetryScheduled(plan=plan, decision=latest),
     )
 
 
@@ -548,7 +608,9 @@ async def change_status(
             entity_id=str(plan_id),
             data={"from": current.value, "reason": reason},
             event_field="retry_plan_changed",
-            event_payload=events_pb2.RetryPlanChanged(plan=convert.retry_plan(row)),
+            event_payload=events_pb2.RetryPlanChanged(
+                plan=convert.retry_plan_state(row, row["methods"])
+            ),
         )
         return row
 
@@ -636,7 +698,9 @@ async def add_payment_method(
             entity_id=str(plan_id),
             data={"payment_method_id": method.payment_method_id, "position": position},
             event_field="retry_plan_changed",
-            event_payload=events_pb2.RetryPlanChanged(plan=convert.retry_plan(row)),
+            event_payload=events_pb2.RetryPlanChanged(
+                plan=convert.retry_plan_state(row, row["methods"])
+            ),
         )
         return row
 
@@ -668,7 +732,7 @@ async def recover_by_payment(
             data={"recovered_by": "payment", "payment_id": payment_id},
             event_field="payment_recovered",
             event_payload=events_pb2.PaymentRecovered(
-                plan=convert.retry_plan(row), recovered_by="payment"
+                plan=convert.retry_plan_state(row, row["methods"]), recovered_by="payment"
             ),
         )
         recovered.append(plan_id)

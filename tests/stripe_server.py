@@ -7,6 +7,8 @@ our code depends on it:
 
 * **Authentication**: ``Authorization: Bearer <key>`` (or HTTP basic with the key as user);
   a missing or wrong key is a 401 ``invalid_request_error``.
+* **Routes**: ``POST /v1/refunds``, ``GET /v1/refunds/{id}``, ``POST /v1/payment_intents`` and
+  ``GET /v1/payment_intents/{id}``; authentication is checked first on every one.
 * **Refunds**: ``POST /v1/refunds`` (form-encoded: ``payment_intent`` or ``charge``, optional
   ``amount`` defaulting to what is left, ``metadata[...]``, ``reason``) and
   ``GET /v1/refunds/{id}``. A refund above what is left is ``amount_too_large``, a fully
@@ -46,7 +48,8 @@ customer). With ``confirm=true`` the card's behaviour decides, again as an outco
 ==========================================  ================================================
 ``succeed`` (default)                       ``succeeded``, with a succeeded charge (the
                                             PaymentIntent can then be refunded)
-``processing``                              ``processing``, with a pending charge
+``processing``                              ``processing``, with a pending charge, until
+                                            :meth:`~StripeStubServer.settle_payment_intent`
 ``requires_action``                         with ``off_session=true``: a 402 ``card_error``
                                             ``authentication_required``; otherwise
                                             ``requires_action`` (``next_action``)
@@ -60,6 +63,9 @@ customer). With ``confirm=true`` the card's behaviour decides, again as an outco
                                             when given
 ``fail_with_500:N``, ``rate_limit:N``,      as for payments, for the POSTs charging the card
 ``slow:SECONDS[:N]``
+``fail_retrieve_with_500:N``                the next N ``GET /v1/payment_intents/{id}`` of
+                                            the card's intents answer 500 ``api_error``
+                                            (in front of the API: nothing is read)
 ==========================================  ================================================
 
 A declined confirmation answers Stripe's 402 shape: ``error`` with ``type`` ``card_error``,
@@ -73,6 +79,15 @@ latest_charge`` expands the charge in a 200 answer; inside a 402 error the Payme
 unexpanded (whether Stripe expands it there is not documented). Like Stripe, confirming an intent
 whose automatic payment methods allow redirects needs a ``return_url``. A 402 is saved for
 idempotent replay like any answer of an executed request. Inspect :attr:`payment_intents`.
+
+``GET /v1/payment_intents/{id}`` reads an intent as it is now (query ``expand[]=latest_charge``
+expands the charge, as on the POST; other expansions are not modelled and stay ids; parameters
+other than ``expand`` and ``client_secret`` are ``parameter_unknown``); an id never created is a
+404 ``resource_missing`` (``param`` ``intent``). :meth:`StripeStubServer.settle_payment_intent`
+finishes a ``processing`` intent: ``succeeded`` (charge ``succeeded``), or, as when a payment fails
+after processing, ``requires_payment_method`` with ``last_payment_error`` and its charge
+``failed``. The POST that created it still replays ``processing`` under its idempotency key: the
+answer was saved when it was first given, as Stripe does.
 
 Routes live in a table (:meth:`StripeStubServer.add_route`).
 """
@@ -252,6 +267,7 @@ class Card:
     faults: list[_Fault] = field(default_factory=list)
     delay_seconds: float = 0.0
     slow_requests: int | None = None  # None: every POST is slow
+    retrieve_faults: list[_Fault] = field(default_factory=list)  # for GETs of its intents
 
     @property
     def object(self) -> JSON:
@@ -350,6 +366,8 @@ def _parse_card_behaviour(card: Card, behaviour: str) -> None:
             card.decline_code = parts[0]
             card.network_decline_code = parts[1] if len(parts) > 1 else ""
             card.network_advice_code = parts[2] if len(parts) > 2 else ""
+        elif name == "fail_retrieve_with_500":
+            card.retrieve_faults.append(_Fault("500", int(arg)))
         elif not _parse_fault(card, step):
             raise ValueError(f"unknown card behaviour {step!r}")
 
@@ -404,8 +422,9 @@ class StripeStubServer:
     """A stateful fake of Stripe's refund and PaymentIntent APIs on 127.0.0.1.
 
     Start it with :meth:`start` (or the ``stripe_server`` fixture); register payments with
-    :meth:`add_payment` and cards with :meth:`add_card`; inspect :attr:`refunds`,
-    :attr:`payment_intents` and :attr:`requests`.
+    :meth:`add_payment` and cards with :meth:`add_card`; finish pending refunds with
+    :meth:`settle` and processing PaymentIntents with :meth:`settle_payment_intent`; inspect
+    :attr:`refunds`, :attr:`payment_intents` and :attr:`requests`.
     """
 
     def __init__(self, api_key: str = DEFAULT_API_KEY) -> None:
@@ -429,6 +448,7 @@ class StripeStubServer:
         self.add_route("POST", r"/v1/refunds", self._create_refund)
         self.add_route("GET", r"/v1/refunds/(?P<id>[^/]+)", self._retrieve_refund)
         self.add_route("POST", r"/v1/payment_intents", self._create_payment_intent)
+        self.add_route("GET", r"/v1/payment_intents/(?P<id>[^/]+)", self._retrieve_payment_intent)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -538,6 +558,49 @@ class StripeStubServer:
             self._settle(refund, succeed=succeed)
             return copy.deepcopy(refund.object)
 
+    def settle_payment_intent(
+        self,
+        intent_id: str,
+        *,
+        succeed: bool = True,
+        decline_code: str = "generic_decline",
+        network_decline_code: str = "",
+        network_advice_code: str = "",
+    ) -> JSON:
+        """Finish a ``processing`` PaymentIntent as its payment's settlement does.
+
+        ``succeed``: ``succeeded``, its charge succeeded (the payment can then be refunded).
+        Otherwise, as when a payment fails after processing: the intent goes back to
+        ``requires_payment_method`` with ``last_payment_error`` (a ``card_error`` declined for
+        ``decline_code``, with the network's raw codes when given), and its charge (the same
+        one) is ``failed`` with ``failure_code`` and a declined ``outcome``. Returns the intent
+        (``latest_charge`` expanded). Replays of the POST that created it still answer
+        ``processing``: Stripe saved that first answer under its idempotency key.
+        """
+        with self._changed:
+            intent = self._created_intents[intent_id]
+            if intent["status"] != "processing":
+                raise ValueError(f"payment intent {intent_id} is {intent['status']}")
+            card = self._cards[intent["payment_method"]]
+            charge: JSON = intent["latest_charge"]
+            if succeed:
+                charge.update(
+                    status="succeeded",
+                    paid=True,
+                    captured=True,
+                    amount_captured=intent["amount"],
+                )
+                charge["outcome"]["seller_message"] = "Payment complete."
+                intent["status"] = "succeeded"
+                intent["amount_received"] = intent["amount"]
+                self._register_paid(intent, charge)
+            else:
+                _fail_payment(
+                    intent, card, charge, decline_code, network_decline_code, network_advice_code
+                )
+            self._changed.notify_all()
+            return copy.deepcopy(intent)
+
     @property
     def refunds(self) -> list[JSON]:
         """The refunds created, oldest first (copies)."""
@@ -616,10 +679,12 @@ class StripeStubServer:
             )
         request = StubRequest(method, path, match, headers, params, key)
         target = self._target(request)
+        faults = self._retrieve_faults(request)
         if method == "POST" and target is not None:
-            fault = self._take_fault(target)
-            if fault is not None:
-                return fault
+            faults = target.faults
+        fault = self._take_fault(faults)
+        if fault is not None:
+            return fault
         fingerprint = (method, path, tuple(sorted(params.items())))
         if key is not None:
             if key in self._in_flight:
@@ -689,13 +754,21 @@ class StripeStubServer:
         charge = request.params.get("charge") or target
         return self._payment_intents.get(intent) or self._charges.get(charge)
 
+    def _retrieve_faults(self, request: StubRequest) -> list[_Fault]:
+        """The faults of a ``GET /v1/payment_intents/{id}``: its card's ``retrieve_faults``."""
+        if request.method != "GET" or not request.path.startswith("/v1/payment_intents/"):
+            return []
+        intent = self._created_intents.get(request.match.groupdict().get("id") or "")
+        card = self._cards.get(intent["payment_method"] or "") if intent is not None else None
+        return card.retrieve_faults if card is not None else []
+
     @staticmethod
-    def _take_fault(target: _FaultTarget) -> StubResponse | None:
-        while target.faults and target.faults[0].remaining <= 0:
-            target.faults.pop(0)
-        if not target.faults:
+    def _take_fault(faults: list[_Fault]) -> StubResponse | None:
+        while faults and faults[0].remaining <= 0:
+            faults.pop(0)
+        if not faults:
             return None
-        fault = target.faults[0]
+        fault = faults[0]
         fault.remaining -= 1
         if fault.kind == "429":
             return stripe_error(
@@ -915,18 +988,37 @@ class StripeStubServer:
         intent["status"] = "succeeded" if succeeded else "processing"
         if succeeded:
             intent["amount_received"] = amount
-            # The payment can now be refunded, like one registered with add_payment.
-            self._payment_intents[intent["id"]] = self._charges[charge["id"]] = Payment(
-                id=intent["id"],
-                amount=amount,
-                currency=currency,
-                outcome="succeed",
-                failure_reason="expired_or_canceled_card",
-                settle_after_retrieves=None,
-                charge_id=charge["id"],
-                payment_intent_id=intent["id"],
-            )
+            self._register_paid(intent, charge)
         return self._intent_response(intent, params)
+
+    def _register_paid(self, intent: JSON, charge: JSON) -> None:
+        """A succeeded intent can now be refunded, like a payment registered with add_payment."""
+        self._payment_intents[intent["id"]] = self._charges[charge["id"]] = Payment(
+            id=intent["id"],
+            amount=intent["amount"],
+            currency=intent["currency"],
+            outcome="succeed",
+            failure_reason="expired_or_canceled_card",
+            settle_after_retrieves=None,
+            charge_id=charge["id"],
+            payment_intent_id=intent["id"],
+        )
+
+    def _retrieve_payment_intent(self, request: StubRequest) -> StubResponse:
+        for name in request.params:
+            if name.partition("[")[0] not in ("expand", "client_secret"):
+                return _invalid(f"Received unknown parameter: {name}", name, "parameter_unknown")
+        intent_id = request.match["id"]
+        intent = self._created_intents.get(intent_id)
+        if intent is None:
+            return stripe_error(
+                404,
+                "invalid_request_error",
+                f"No such payment_intent: '{intent_id}'",
+                code="resource_missing",
+                param="intent",
+            )
+        return self._intent_response(intent, request.params)
 
     @staticmethod
     def _intent_response(intent: JSON, params: Mapping[str, str]) -> StubResponse:
@@ -943,33 +1035,10 @@ class StripeStubServer:
         reason = (
             "authentication_required" if card.outcome == "requires_action" else card.decline_code
         )
-        code = reason if reason in _CODE_DECLINES | {"authentication_required"} else "card_declined"
-        message = _DECLINE_MESSAGES.get(reason, "Your card was declined.")
-        charge = _charge(intent, card, "failed", failure_code=code, failure_message=message)
-        outcome = charge["outcome"]
-        outcome["network_status"] = "declined_by_network"
-        outcome["type"] = "issuer_declined"
-        outcome["reason"] = reason
-        outcome["seller_message"] = "The bank returned the decline code `" + reason + "`."
-        outcome["network_decline_code"] = card.network_decline_code or None
-        outcome["network_advice_code"] = card.network_advice_code or None
-        error: JSON = {
-            "type": "card_error",
-            "code": code,
-            "doc_url": "https://stripe.com/docs/error-codes/" + code.replace("_", "-"),
-            "message": message,
-            "charge": charge["id"],
-            "payment_method": card.object,
-        }
-        if code in ("card_declined", "authentication_required"):
-            error["decline_code"] = reason
-        if card.network_decline_code:
-            error["network_decline_code"] = card.network_decline_code
-        if card.network_advice_code:
-            error["network_advice_code"] = card.network_advice_code
-        intent["status"] = "requires_payment_method"
-        intent["last_payment_error"] = copy.deepcopy(error)
-        intent["latest_charge"] = charge
+        charge = _charge(intent, card, "failed")
+        error = _fail_payment(
+            intent, card, charge, reason, card.network_decline_code, card.network_advice_code
+        )
         error["payment_intent"] = {**copy.deepcopy(intent), "latest_charge": charge["id"]}
         return StubResponse(402, {"error": error})
 
@@ -1082,14 +1151,54 @@ def _validate_payment_intent_params(params: Mapping[str, str]) -> StubResponse |
     return _validate_metadata(params)
 
 
-def _charge(
+def _fail_payment(
     intent: JSON,
     card: Card,
-    status: str,
-    *,
-    failure_code: str | None = None,
-    failure_message: str | None = None,
+    charge: JSON,
+    reason: str,
+    network_decline_code: str,
+    network_advice_code: str,
 ) -> JSON:
+    """Decline ``charge`` (``intent``'s latest) for ``reason`` and move ``intent`` back to
+    ``requires_payment_method`` with ``last_payment_error``; returns that card error."""
+    code = reason if reason in _CODE_DECLINES | {"authentication_required"} else "card_declined"
+    message = _DECLINE_MESSAGES.get(reason, "Your card was declined.")
+    charge.update(
+        status="failed",
+        paid=False,
+        captured=False,
+        amount_captured=0,
+        failure_code=code,
+        failure_message=message,
+    )
+    outcome = charge["outcome"]
+    outcome["network_status"] = "declined_by_network"
+    outcome["type"] = "issuer_declined"
+    outcome["reason"] = reason
+    outcome["seller_message"] = "The bank returned the decline code `" + reason + "`."
+    outcome["network_decline_code"] = network_decline_code or None
+    outcome["network_advice_code"] = network_advice_code or None
+    error: JSON = {
+        "type": "card_error",
+        "code": code,
+        "doc_url": "https://stripe.com/docs/error-codes/" + code.replace("_", "-"),
+        "message": message,
+        "charge": charge["id"],
+        "payment_method": card.object,
+    }
+    if code in ("card_declined", "authentication_required"):
+        error["decline_code"] = reason
+    if network_decline_code:
+        error["network_decline_code"] = network_decline_code
+    if network_advice_code:
+        error["network_advice_code"] = network_advice_code
+    intent["status"] = "requires_payment_method"
+    intent["last_payment_error"] = copy.deepcopy(error)
+    intent["latest_charge"] = charge
+    return error
+
+
+def _charge(intent: JSON, card: Card, status: str) -> JSON:
     """The charge a confirmation made (``status``: succeeded, pending or failed)."""
     paid = status == "succeeded"
     return {
@@ -1102,8 +1211,8 @@ def _charge(
         "created": intent["created"],
         "currency": intent["currency"],
         "customer": intent["customer"],
-        "failure_code": failure_code,
-        "failure_message": failure_message,
+        "failure_code": None,
+        "failure_message": None,
         "livemode": False,
         "metadata": dict(intent["metadata"]),
         "outcome": {

@@ -175,3 +175,94 @@ SELECT decline_class, 'days_since_failure', days, count(*), sum(ok) FROM retried
  GROUP BY decline_class, days
 UNION ALL
 SELECT decline_class, 'overall', 0, count(*), sum(ok) FROM retried GROUP BY decline_class;
+
+-- The billing job works on chunks of plans: one statement per step for the whole chunk.
+
+-- name: leased_plans
+-- The plans of a chunk still leased by this worker, locked in plan_id order so two workers'
+-- chunks never wait on each other in a cycle.
+SELECT * FROM retry_plan WHERE plan_id = ANY($1::uuid[]) AND lease_owner = $2
+ ORDER BY plan_id
+   FOR UPDATE;
+
+-- name: methods_of_plans
+SELECT * FROM plan_payment_method WHERE plan_id = ANY($1::uuid[]) ORDER BY plan_id, position;
+
+-- name: schedules
+SELECT * FROM retry_schedule WHERE code = ANY($1::text[]);
+
+-- name: attempt_facts
+-- Per plan: the next attempt number, the class of the latest decline, and the attempt a
+-- worker that died left open (replayed with its key).
+SELECT DISTINCT ON (a.plan_id)
+       a.plan_id,
+       f.next_number,
+       f.last_class,
+       CASE WHEN a.outcome IN ('OPEN', 'UNKNOWN') THEN a.attempt_id END AS open_attempt_id,
+       a.attempt_number, a.payment_method_id, a.retry_of_class, a.attempted_at,
+       a.gateway_charge_id
+  FROM payment_attempt a
+  JOIN (SELECT plan_id, max(attempt_number) + 1 AS next_number,
+               coalesce((array_agg(decline_class ORDER BY attempt_number DESC)
+                         FILTER (WHERE decline_class <> ''))[1], '') AS last_class
+          FROM payment_attempt WHERE plan_id = ANY($1::uuid[]) GROUP BY plan_id) f
+    ON f.plan_id = a.plan_id
+ WHERE a.plan_id = ANY($1::uuid[])
+ ORDER BY a.plan_id, a.attempt_number DESC;
+
+-- name: insert_attempts
+INSERT INTO payment_attempt (attempt_id, plan_id, attempt_number, source, attempted_at,
+                             payment_method_id, network, outcome, idempotency_key,
+                             retry_of_class, local_hour, day_of_month, days_since_failure)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::timestamptz[],
+                     $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int[],
+                     $12::int[], $13::int[]);
+
+-- name: count_attempts
+-- attempt_count counts the attempts that reach the issuer (a NOT_ATTEMPTED gives it back).
+UPDATE retry_plan SET attempt_count = attempt_count + 1, waiting_for_method = false,
+       updated_at = now()
+ WHERE plan_id = ANY($1::uuid[]);
+
+-- name: finish_attempts
+UPDATE payment_attempt a
+   SET outcome = u.outcome, decline_code = u.decline_code,
+       visa_response_code = u.visa_response_code, mc_advice_code = u.mc_advice_code,
+       decline_class = u.decline_class, gateway_charge_id = u.gateway_charge_id,
+       message = u.message
+  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+              $7::text[], $8::text[])
+       AS u(attempt_id, outcome, decline_code, visa_response_code, mc_advice_code,
+            decline_class, gateway_charge_id, message)
+ WHERE a.attempt_id = u.attempt_id AND a.outcome IN ('OPEN', 'UNKNOWN')
+RETURNING a.*;
+
+-- name: insert_decisions
+-- At most one decision per plan per call: each gets the plan's next sequence number.
+INSERT INTO retry_decision (plan_id, sequence, action, next_attempt_at, payment_method_id,
+                            reason, rule_ids, data)
+SELECT u.plan_id,
+       coalesce((SELECT max(d.sequence) FROM retry_decision d WHERE d.plan_id = u.plan_id), 0)
+           + 1,
+       u.action, u.next_attempt_at, u.payment_method_id, u.reason,
+       string_to_array(nullif(u.rule_ids, ''), ' '), u.data
+  FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
+              $7::jsonb[])
+       AS u(plan_id, action, next_attempt_at, payment_method_id, reason, rule_ids, data)
+RETURNING *;
+
+-- name: move_plans
+-- Each plan to its new state, its lease released; a plan that is no longer ACTIVE has no
+-- next attempt.
+UPDATE retry_plan p
+   SET status = u.status, status_reason = u.status_reason,
+       next_attempt_at = CASE WHEN u.status = 'ACTIVE' THEN u.next_attempt_at END,
+       method_index = u.method_index, waiting_for_method = u.waiting_for_method,
+       attempt_count = u.attempt_count, lease_owner = NULL, lease_expires_at = NULL,
+       updated_at = now()
+  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::int[], $6::bool[],
+              $7::int[])
+       AS u(plan_id, status, status_reason, next_attempt_at, method_index, waiting_for_method,
+            attempt_count)
+ WHERE p.plan_id = u.plan_id AND p.lease_owner = $8
+RETURNING p.*;

@@ -240,7 +240,7 @@ class SuccessStats:
 
     @classmethod
     def empty(cls) -> SuccessStats:
-        return cls({}, {}, {}, _NO_RATE)
+        return _NO_STATS
 
     @classmethod
     def from_attempts(cls, attempts: Iterable[ObservedAttempt]) -> SuccessStats:
@@ -257,6 +257,10 @@ class SuccessStats:
             by_days_since[since] = by_days_since.get(since, _NO_RATE) + one
             overall += one
         return cls(by_hour, by_day, by_days_since, overall)
+
+
+# No history at all (one shared instance: the model cache recognises it).
+_NO_STATS = SuccessStats({}, {}, {}, _NO_RATE)
 
 
 # ---- the prior -----------------------------------------------------------------------------
@@ -389,6 +393,26 @@ class _Bucket(NamedTuple):
         return f"{said}, mostly prior: {self.rate:.0%}" if self.thin else said
 
 
+# Models of the latest (stats, prior) pairs: the billing job decides many plans with the same
+# statistics (a process re-reads them at most once a minute), and building one costs more than
+# scoring every candidate slot. Keyed by identity; the entry keeps both alive, so an id is
+# never reused while its entry exists.
+_MODELS: dict[tuple[int, int], tuple[SuccessStats, SuccessPrior, _Model]] = {}
+_MODELS_KEPT = 32
+
+
+def _model(stats: SuccessStats, prior: SuccessPrior) -> _Model:
+    key = (id(stats), id(prior))
+    found = _MODELS.get(key)
+    if found is not None and found[0] is stats and found[1] is prior:
+        return found[2]
+    if len(_MODELS) >= _MODELS_KEPT:
+        _MODELS.clear()
+    model = _Model(stats, prior)
+    _MODELS[key] = (stats, prior, model)
+    return model
+
+
 _BY_HOUR, _BY_DAY_OF_MONTH, _BY_DAYS_SINCE = 0, 1, 2  # the model's dimensions, in order
 
 
@@ -508,7 +532,7 @@ def smart_slot(
     first = next_allowed(start, zone, hours)
     if first > end:
         return None
-    model = _Model(stats, prior)
+    model = _model(stats, prior)
     hour_factors, day_factors, since_factors = model.factors
     odds, failed_ts, end_ts = model.odds, failed.timestamp(), end.timestamp()
 
@@ -656,7 +680,7 @@ def fixed_slot(
     requested = _require_aware(earliest, "earliest")
     at = next_allowed(requested, zone, hours)
     asked, local = requested.astimezone(zone), at.astimezone(zone)
-    model = _Model(stats or SuccessStats.empty(), prior)
+    model = _model(stats or _NO_STATS, prior)
     days = None if first_failed_at is None else days_since_failure(at, first_failed_at)
     score = model.score(local.hour, local.day, days)
     head = _schedule_phrase(schedule, attempts_made)

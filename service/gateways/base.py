@@ -106,6 +106,13 @@ class ChargeRequest:
     idempotency_key: str
     attempt: int
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # Set when this attempt was already created at the gateway and answered PENDING with this
+    # id: the gateway reads the charge's current state instead of creating it again (same
+    # outcomes as charge(); a failure to read is UNKNOWN, retryable). ``retryable`` is false
+    # only when reading again cannot help, e.g. the gateway does not know the id. Needed
+    # because replaying the create with the same idempotency key replays its first answer
+    # (PENDING) for as long as the gateway keeps the key.
+    gateway_charge_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,5 +155,7 @@ class ChargingGateway(Gateway, Protocol):
     """A gateway that can also charge a saved card (the payment-retry engine's attempts)."""
 
     async def charge(self, request: ChargeRequest) -> ChargeOutcome:
-        """Charge the card off-session (idempotent per ``request.idempotency_key``)."""
+        """Charge the card off-session (idempotent per ``request.idempotency_key``); or, when
+        ``request.gateway_charge_id`` is set, read that charge's current state (never creating
+        a charge, never NOT_ATTEMPTED: a failure to read is UNKNOWN)."""
         ...

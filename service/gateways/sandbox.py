@@ -42,6 +42,13 @@ A value the sandbox does not understand is NOT_ATTEMPTED and not retryable (noth
 :func:`validate_charge_outcome` catches it earlier). A simulation can instead decide every charge
 itself: ``SandboxGateway(charge_decider=...)``; the sandbox then only fills in the charge id
 (``sbpi_...``) of a SUCCEEDED, PENDING, DECLINED or REQUIRES_ACTION outcome that has none.
+
+A request with ``gateway_charge_id`` set reads a charge that answered PENDING rather than making
+one. The sandbox keeps no state, so the read is as deterministic as a charge: the same outcome
+(from the metadata key, or from ``charge_decider``, which sees the field and can so settle a
+pending charge it simulates), carrying that id instead of a derived one. A read never answers
+NOT_ATTEMPTED (the charge exists): ``unavailable``, an unrecognised value, or a decider's
+NOT_ATTEMPTED is UNKNOWN, with the same ``retryable``.
 """
 
 from __future__ import annotations
@@ -182,12 +189,26 @@ class SandboxGateway:
         return RefundOutcome(OutcomeKind.SUCCEEDED, gateway_refund_id)
 
     async def charge(self, request: ChargeRequest) -> ChargeOutcome:
+        # A read of a pending charge answers with that charge's id.
+        charge_id = request.gateway_charge_id or _charge_id(request)
         if self._charge_decider is not None:
             outcome = self._charge_decider(request)
             if not outcome.gateway_charge_id and outcome.kind in _CHARGE_ID_KINDS:
-                outcome = dataclasses.replace(outcome, gateway_charge_id=_charge_id(request))
-            return outcome
-        return _charge_outcome(request, request.metadata.get(CHARGE_OUTCOME_KEY, "succeed"))
+                outcome = dataclasses.replace(outcome, gateway_charge_id=charge_id)
+        else:
+            value = request.metadata.get(CHARGE_OUTCOME_KEY, "succeed")
+            outcome = _charge_outcome(request, value, charge_id)
+        if request.gateway_charge_id and outcome.kind in (
+            OutcomeKind.NOT_ATTEMPTED,
+            OutcomeKind.UNKNOWN,
+        ):
+            # The charge exists: a failed read is UNKNOWN, and keeps the charge's id.
+            outcome = dataclasses.replace(
+                outcome,
+                kind=OutcomeKind.UNKNOWN,
+                gateway_charge_id=outcome.gateway_charge_id or charge_id,
+            )
+        return outcome
 
     async def close(self) -> None:
         return None
@@ -199,9 +220,9 @@ _CHARGE_ID_KINDS: Final = frozenset(
 )
 
 
-def _charge_outcome(request: ChargeRequest, value: str) -> ChargeOutcome:
-    """The outcome ``value`` (a ``sandbox_charge_outcome``) gives ``request``."""
-    charge_id = _charge_id(request)
+def _charge_outcome(request: ChargeRequest, value: str, charge_id: str) -> ChargeOutcome:
+    """The outcome ``value`` (a ``sandbox_charge_outcome``) gives ``request``, whose charge (when
+    one is made) is ``charge_id``."""
     if not validate_charge_outcome(value):
         return ChargeOutcome(
             OutcomeKind.NOT_ATTEMPTED,

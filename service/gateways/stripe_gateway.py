@@ -39,6 +39,20 @@ What it maps, and why:
   PaymentIntent's ``last_payment_error`` and the charge's ``outcome`` (Stripe added all three
   places in API version 2024-12-18.acacia). Transient errors, NOT_ATTEMPTED and UNKNOWN work as
   for refunds, through the same retry loop; the normalised error code is kept in the message.
+  Unlike a refund, a charge refused for our API key is NOT_ATTEMPTED (retryable): the issuer
+  was never asked, so a retry plan must not use up an attempt on it.
+* **A pending charge read again.** A ``processing`` PaymentIntent settles later, but replaying
+  the create with the same idempotency key only replays Stripe's saved first answer
+  (``processing``, for as long as Stripe keeps the key). So when the request carries
+  ``gateway_charge_id`` (the PaymentIntent id of that PENDING answer), :meth:`StripeGateway.charge`
+  sends no POST: it reads the intent (``GET /v1/payment_intents/{id}``, ``latest_charge``
+  expanded) through the same retry loop and maps it as above; an intent whose async payment
+  failed is ``requires_payment_method`` with ``last_payment_error``: DECLINED with its decline
+  code. The intent exists, so failing to read it says nothing about the money: every error is
+  UNKNOWN (never NOT_ATTEMPTED nor DECLINED), ``retryable`` when reading again can help
+  (transient errors, and a refused API key, which an operator fixes; not an unknown id). An
+  intent whose ``metadata[plan_id]`` names another plan is UNKNOWN too, not retryable: a person
+  must look, rather than a plan be recovered by another plan's money.
 
 Stripe's error messages are kept (prefixed ``stripe:``); the API key never is, nor is it logged.
 Amounts are sent as ``Money.minor_units`` (ISO 4217 exponents), which is what Stripe expects for
@@ -55,7 +69,11 @@ from typing import Any, Final, TypeVar
 
 import httpx
 import stripe
-from stripe.params import PaymentIntentCreateParams, RefundCreateParams
+from stripe.params import (
+    PaymentIntentCreateParams,
+    PaymentIntentRetrieveParams,
+    RefundCreateParams,
+)
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -330,7 +348,8 @@ def outcome_for_card_error(exc: stripe.CardError) -> ChargeOutcome:
 
 
 def outcome_for_payment_intent(intent: stripe.PaymentIntent) -> ChargeOutcome:
-    """Our outcome for a PaymentIntent that ``POST /v1/payment_intents`` (confirm=true) returned."""
+    """Our outcome for a PaymentIntent that ``POST /v1/payment_intents`` (confirm=true) returned,
+    or that ``GET /v1/payment_intents/{id}`` read later."""
     status = intent.status
     charge = _dig(intent, "latest_charge")
     if status == "requires_payment_method" or status == "canceled":
@@ -362,12 +381,35 @@ def _charge_error_outcome(exc: stripe.StripeError, attempts: _Attempts) -> Charg
     if isinstance(exc, stripe.CardError):
         return outcome_for_card_error(exc)
     kind, retryable = _unfinished(exc, attempts)
-    # No field of its own for the error's code: the message starts with it (Stripe's own code
-    # for an invalid request, e.g. ``resource_missing``, else our normalised one).
+    if kind is OutcomeKind.DECLINED and isinstance(
+        exc, stripe.AuthenticationError | stripe.PermissionError
+    ):
+        # Our key was refused: the card's issuer was never asked. A retry plan must neither
+        # use up an attempt nor count one against the card networks' limits; it is tried
+        # again once an operator has fixed the key (the message says which error).
+        kind, retryable = OutcomeKind.NOT_ATTEMPTED, True
+    return ChargeOutcome(kind, message=_charge_error_message(exc), retryable=retryable)
+
+
+def _charge_error_message(exc: stripe.StripeError) -> str:
+    """A charge outcome has no field for the error's code: its message starts with it (Stripe's
+    own code for an invalid request, e.g. ``resource_missing``, else our normalised one)."""
     code = exc.code if isinstance(exc, stripe.InvalidRequestError) and exc.code else None
     label = code or _error_code(exc).value
-    message = f"stripe: {label}: {exc.user_message or type(exc).__name__}"
-    return ChargeOutcome(kind, message=message, retryable=retryable)
+    return f"stripe: {label}: {exc.user_message or type(exc).__name__}"
+
+
+def _fetch_error_outcome(exc: stripe.StripeError, intent_id: str) -> ChargeOutcome:
+    """Our outcome for the error that ended reading a pending charge (after any retries)."""
+    # The intent exists (Stripe gave us its id): failing to read it says nothing about the
+    # money. Reading again helps after a transient error, or once an operator has fixed a
+    # refused key; not for an id Stripe does not know (nor any other invalid request).
+    retryable = _is_transient(exc) or isinstance(
+        exc, stripe.AuthenticationError | stripe.PermissionError
+    )
+    return ChargeOutcome(
+        OutcomeKind.UNKNOWN, intent_id, message=_charge_error_message(exc), retryable=retryable
+    )
 
 
 class _HTTPXClient(stripe.HTTPXClient):
@@ -466,6 +508,8 @@ class StripeGateway:
         return outcome_for_refund(refund)
 
     async def charge(self, request: ChargeRequest) -> ChargeOutcome:
+        if request.gateway_charge_id:
+            return await self._fetch_charge(request)
         params = _payment_intent_params(request)
         options: stripe.RequestOptions = {"idempotency_key": request.idempotency_key}
 
@@ -483,6 +527,39 @@ class StripeGateway:
             code = outcome.decline_code or _error_code(exc).value
             _log_failure("stripe_charge_create", ids, attempts, exc, outcome.kind, code)
             return outcome
+        return outcome_for_payment_intent(intent)
+
+    async def _fetch_charge(self, request: ChargeRequest) -> ChargeOutcome:
+        """The current state of the PaymentIntent ``request.gateway_charge_id`` (a charge that
+        answered PENDING): read, never created again."""
+        intent_id = request.gateway_charge_id
+        params: PaymentIntentRetrieveParams = {"expand": ["latest_charge"]}
+
+        async def retrieve() -> stripe.PaymentIntent:
+            return await self._client.v1.payment_intents.retrieve_async(intent_id, params=params)
+
+        ids = {**_charge_log_ids(request), "gateway_charge_id": intent_id}
+        attempts = _Attempts()
+        try:
+            intent = await self._with_retries(retrieve, attempts, "stripe_charge_fetch", ids)
+        except stripe.StripeError as exc:
+            outcome = _fetch_error_outcome(exc, intent_id)
+            _log_failure(
+                "stripe_charge_fetch", ids, attempts, exc, outcome.kind, _error_code(exc).value
+            )
+            return outcome
+        owner = _text(intent, "metadata", "plan_id")
+        if owner and owner != request.plan_id:
+            log.error(
+                "Stripe payment intent belongs to another retry plan",
+                extra={"action": "stripe_charge_fetch_mismatch", **ids, "intent_plan_id": owner},
+            )
+            return ChargeOutcome(
+                OutcomeKind.UNKNOWN,
+                intent_id,
+                message=f"stripe: payment intent {intent_id} belongs to plan {owner}",
+                retryable=False,
+            )
         return outcome_for_payment_intent(intent)
 
     async def close(self) -> None:

@@ -23,8 +23,9 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -32,25 +33,21 @@ import asyncpg
 from refundretry.v1 import events_pb2, retry_plan_pb2
 from repository import retries as plans
 from repository.database import Connection, Database
+from repository.settings import schedule_from_row
 from service import changes, convert, dunning
 from service.auth import SYSTEM
-from service.domain.decline_codes import CardNetwork, Decline, classify
+from service.domain.decline_codes import CardNetwork, Classification, Decline, classify
 from service.domain.money import Money
-from service.domain.network_rules import Violation, check_attempt
-from service.domain.retry_plan import (
-    Action,
-    Method,
-    PlanStatus,
-    check_plan_transition,
-    plan_sources_of,
-)
+from service.domain.network_rules import check_attempt
+from service.domain.retry_plan import Action, Decision, Method, PlanStatus, check_plan_transition
 from service.errors import FailedPrecondition, NotFound, Unavailable
 from service.gateways.base import ChargeOutcome, ChargeRequest, ChargingGateway, OutcomeKind
 from service.retries import (
+    CardHistories,
     RetryContext,
-    announce_decision,
+    announce,
     card_history,
-    decide_and_apply,
+    decide_for,
     plan_methods,
     redecide,
     slot_of,
@@ -58,6 +55,7 @@ from service.retries import (
 )
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 AfterCharge = Callable[[ChargeRequest, ChargeOutcome], Awaitable[None]]
 TRANSIENT_DB_RETRIES = 3
@@ -89,16 +87,36 @@ class RetrySummary:
         setattr(self, result, getattr(self, result) + 1)
 
 
-@dataclass(frozen=True, slots=True)
-class _Opened:
-    request: ChargeRequest
+@dataclass(slots=True)
+class _Attempt:
+    """One plan's attempt in a chunk: what is charged, then what the gateway answered."""
+
+    plan_id: uuid.UUID
     attempt_id: uuid.UUID
+    request: ChargeRequest
     gateway: str
     retry_of_class: str
     started_at: datetime
+    outcome: ChargeOutcome | None = None
+
+
+@dataclass(slots=True)
+class _Writes:
+    """What a chunk's record transaction writes, per plan, in one statement per table."""
+
+    finished: list[plans.FinishedAttempt] = field(default_factory=list)
+    decisions: list[tuple[plans.NewDecision, Decision]] = field(default_factory=list)
+    moves: list[plans.PlanMove] = field(default_factory=list)
+    results: dict[uuid.UUID, str] = field(default_factory=dict)
+    next_at: dict[uuid.UUID, datetime | None] = field(default_factory=dict)
 
 
 class RetryJob:
+    """Runs due retry attempts in chunks: per chunk of up to ``chunk`` plans one open and one
+    record transaction, each a handful of set-based statements, and the charges in between
+    (at most ``concurrency`` gateway calls in flight, ``chunks`` chunks at once). A chunk
+    that fails is split and run plan by plan, so one bad plan never holds up the others."""
+
     def __init__(
         self,
         db: Database,
@@ -109,6 +127,8 @@ class RetryJob:
         lease: timedelta = timedelta(seconds=60),
         unknown_replay_delay: timedelta = timedelta(seconds=30),
         concurrency: int = 16,
+        chunk: int = 100,
+        chunks: int = 8,
         after_charge: AfterCharge | None = None,
     ) -> None:
         self._db = db
@@ -117,7 +137,9 @@ class RetryJob:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lease = lease
         self._unknown_replay = unknown_replay_delay
-        self._concurrency = asyncio.Semaphore(concurrency)
+        self._gateway_calls = asyncio.Semaphore(concurrency)
+        self._chunk = chunk
+        self._chunks = asyncio.Semaphore(chunks)
         self._after_charge = after_charge
 
     async def run(self, *, due_by: datetime | None = None, limit: int = 500) -> RetrySummary:
@@ -132,8 +154,10 @@ class RetryJob:
                 lease_seconds=self._lease.total_seconds(),
             )
         summary.claimed = len(claimed)
-        for result in await asyncio.gather(*(self._guarded(p, "SCHEDULED") for p in claimed)):
-            summary.count(result)
+        parts = [claimed[i : i + self._chunk] for i in range(0, len(claimed), self._chunk)]
+        for results in await asyncio.gather(*(self._run_chunk(part) for part in parts)):
+            for result in results:
+                summary.count(result)
         summary.dunning_steps = await dunning.run_due(self._db, actor=SYSTEM.name, limit=limit)
         return summary
 
@@ -154,13 +178,22 @@ class RetryJob:
                 raise FailedPrecondition(f"retry plan {plan_id} is {plan['status']}")
             if plan["lease_expires_at"] is not None and plan["lease_expires_at"] > now:
                 raise FailedPrecondition("an attempt of this plan is already running")
-            method, violation = await self._guard(conn, plan, now)
+            methods = await plan_methods(conn, plan_id)
+            method = methods[plan["method_index"]]
+            violation = check_attempt(
+                method.payment_method_id,
+                method.network,
+                now,
+                await card_history(conn, methods, now),
+                self.context.limits,
+            )
             if violation is not None:
                 raise FailedPrecondition(
                     f"{violation.rule_id}: {violation.message}", rule_id=violation.rule_id
                 )
             await plans.update_plan(conn, plan, next_attempt_at=now, waiting_for_method=False)
             await plans.claim_plan(conn, plan_id, self.worker_id, self._lease.total_seconds())
+            row = await view(conn, plan_id)
             await changes.record(
                 conn,
                 actor=actor,
@@ -170,30 +203,14 @@ class RetryJob:
                 data={"payment_method_id": method.payment_method_id},
                 event_field="retry_plan_changed",
                 event_payload=events_pb2.RetryPlanChanged(
-                    plan=convert.retry_plan(await view(conn, plan_id))
+                    plan=convert.retry_plan_state(row, row["methods"])
                 ),
             )
-        result = await self._guarded(plan_id, "RETRY_NOW")
+        (result,) = await self._process([plan_id], "RETRY_NOW")
         if result == "errors":
             raise Unavailable("the attempt failed before its outcome was recorded; it is replayed")
         async with self._db.connection() as conn:
             return await view(conn, plan_id)
-
-    async def _guard(
-        self, conn: Connection, plan: asyncpg.Record, now: datetime
-    ) -> tuple[Method, Violation | None]:
-        """The card the plan would charge now, and the network rule that forbids it (None when
-        every rule allows the attempt): checked right before each attempt, whatever its path."""
-        methods = await plan_methods(conn, plan["plan_id"])
-        method = methods[plan["method_index"]]
-        violation = check_attempt(
-            method.payment_method_id,
-            method.network,
-            now,
-            await card_history(conn, methods, now),
-            self.context.limits,
-        )
-        return method, violation
 
     async def refresh_stats_if_old(self) -> None:
         async with self._db.transaction() as conn:
@@ -203,42 +220,78 @@ class RetryJob:
             if locked:
                 await plans.refresh_stats(conn)
 
-    async def _guarded(self, plan_id: uuid.UUID, source: str) -> str:
-        async with self._concurrency:
-            error: Exception | None = None
-            for attempt in range(TRANSIENT_DB_RETRIES + 1):
-                try:
-                    return await self._process(plan_id, source)
-                except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
-                    error = exc
-                    if attempt == TRANSIENT_DB_RETRIES:
-                        break
-                except Exception as exc:
-                    error = exc
-                    break
-            log.error(
-                "retry plan %s failed in the billing job; its lease is released",
-                plan_id,
-                exc_info=error,
-                extra={"action": "retry_job.plan_failed", "plan_id": str(plan_id)},
-            )
-            with contextlib.suppress(Exception):
-                async with self._db.connection() as conn:
-                    await plans.release_lease(conn, plan_id, self.worker_id)
-            return "errors"
+    async def _run_chunk(self, plan_ids: list[uuid.UUID]) -> list[str]:
+        async with self._chunks:
+            return await self._process(plan_ids, "SCHEDULED")
 
-    async def _process(self, plan_id: uuid.UUID, source: str) -> str:
-        opened = await self._open(plan_id, source)
-        if isinstance(opened, str):
-            return opened
-        gateway = self._gateways.get(opened.gateway)
+    async def _process(self, plan_ids: list[uuid.UUID], source: str) -> list[str]:
+        """Open, charge and record the attempts of ``plan_ids``; one result per plan."""
+        try:
+            opened, results, later = await self._transient_retry(self._open, plan_ids, source)
+        except Exception as exc:
+            return await self._split(plan_ids, exc, lambda one: self._process(one, source))
+        if opened:
+            await asyncio.gather(*(self._charge(a) for a in opened))
+            results += await self._record_isolated(opened)
+        for plan_id in later:  # a card already attempted in this chunk: after its outcome
+            results += await self._process([plan_id], source)
+        return results
+
+    async def _record_isolated(self, opened: list[_Attempt]) -> list[str]:
+        try:
+            return await self._transient_retry(self._record, opened)
+        except Exception as exc:
+            return await self._split(
+                [a.plan_id for a in opened],
+                exc,
+                lambda one: self._record_isolated([a for a in opened if a.plan_id == one[0]]),
+            )
+
+    async def _split(
+        self,
+        plan_ids: list[uuid.UUID],
+        error: Exception,
+        each: Callable[[list[uuid.UUID]], Awaitable[list[str]]],
+    ) -> list[str]:
+        """A chunk's transaction failed: run its plans one by one, so only the plan that
+        fails is left out (its lease released: it is due again)."""
+        if len(plan_ids) > 1:
+            results: list[str] = []
+            for plan_id in plan_ids:
+                results += await each([plan_id])
+            return results
+        (plan_id,) = plan_ids
+        log.error(
+            "retry plan %s failed in the billing job; its lease is released",
+            plan_id,
+            exc_info=error,
+            extra={"action": "retry_job.plan_failed", "plan_id": str(plan_id)},
+        )
+        with contextlib.suppress(Exception):
+            async with self._db.connection() as conn:
+                await plans.release_lease(conn, plan_id, self.worker_id)
+        return ["errors"]
+
+    @staticmethod
+    async def _transient_retry(step: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        for attempt in range(TRANSIENT_DB_RETRIES + 1):
+            try:
+                return await step(*args)
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                if attempt == TRANSIENT_DB_RETRIES:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _charge(self, attempt: _Attempt) -> None:
+        gateway = self._gateways.get(attempt.gateway)
         if gateway is None:
             outcome = ChargeOutcome(
                 OutcomeKind.NOT_ATTEMPTED, message="gateway not configured", retryable=True
             )
         else:
             try:
-                outcome = await gateway.charge(opened.request)
+                async with self._gateway_calls:
+                    outcome = await gateway.charge(attempt.request)
             except Exception as exc:  # an adapter bug must not lose the attempt
                 log.exception(
                     "gateway %s raised; the attempt is replayed with the same key",
@@ -248,249 +301,395 @@ class RetryJob:
                 outcome = ChargeOutcome(
                     OutcomeKind.UNKNOWN, message=f"{type(exc).__name__}", retryable=True
                 )
+        attempt.outcome = outcome
         if self._after_charge is not None:
-            await self._after_charge(opened.request, outcome)
-        return await self._record(plan_id, opened, outcome)
+            await self._after_charge(attempt.request, outcome)
 
-    async def _open(self, plan_id: uuid.UUID, source: str) -> _Opened | str:
+    async def _open(
+        self, plan_ids: list[uuid.UUID], source: str
+    ) -> tuple[list[_Attempt], list[str], list[uuid.UUID]]:
+        """In one transaction under the leases: check the card networks' rules for each plan's
+        card at this moment (a guard, not a hint: a rule that forbids the attempt makes the
+        plan decide again) and insert the attempts as OPEN with their idempotency keys, or
+        find the open attempt of a worker that died. Returns the attempts to charge, the
+        results of plans that end here, and plans to run after this chunk (their card is
+        attempted in it already: the guard must see that outcome first)."""
         now = datetime.now(UTC)
+        opened: list[_Attempt] = []
+        results: list[str] = []
+        later: list[uuid.UUID] = []
+        new: list[plans.NewAttempt] = []
         async with self._db.transaction() as conn:
-            plan = await plans.leased_plan(conn, plan_id, self.worker_id)
-            if plan is None:
-                return "lease_lost"
-            open_attempt = await plans.open_attempt(conn, plan_id)
-            if open_attempt is not None:  # a worker died mid-charge: replay, same key
-                number = open_attempt["attempt_number"]
-                method_id = open_attempt["payment_method_id"]
-                attempt_id = open_attempt["attempt_id"]
-                retry_of = open_attempt["retry_of_class"]
-                started_at = open_attempt["attempted_at"]
-            else:
-                started_at = now
-                method, violation = await self._guard(conn, plan, now)
-                if violation is not None:
-                    log.info(
-                        "retry plan %s: %s refuses the attempt now; deciding again",
-                        plan_id,
-                        violation.rule_id,
-                        extra={
-                            "action": "retry_job.guard",
-                            "plan_id": str(plan_id),
-                            "rule_id": violation.rule_id,
-                        },
+            rows = await plans.leased_plans(conn, plan_ids, self.worker_id)
+            results += ["lease_lost"] * (len(plan_ids) - len(rows))
+            if not rows:
+                return opened, results, later
+            live = [r["plan_id"] for r in rows]
+            wallets = {
+                plan_id: tuple(
+                    Method(m["payment_method_id"], CardNetwork(m["network"])) for m in ms
+                )
+                for plan_id, ms in (await plans.methods_of_plans(conn, live)).items()
+            }
+            facts = await plans.attempt_facts(conn, live)
+            histories = await CardHistories.read(conn, list(wallets.values()), now)
+            cards_in_chunk: set[str] = set()
+            for plan in rows:
+                plan_id = plan["plan_id"]
+                fact = facts.get(plan_id)
+                if fact is not None and fact["open_attempt_id"] is not None:
+                    # A worker died mid-charge, or the outcome is unknown: replay the attempt
+                    # with the same key; a pending charge (its id known) is read instead.
+                    number, method_id = fact["attempt_number"], fact["payment_method_id"]
+                    attempt_id, retry_of = fact["open_attempt_id"], fact["retry_of_class"]
+                    started_at, charge_id = fact["attempted_at"], fact["gateway_charge_id"]
+                else:
+                    wallet = wallets[plan_id]
+                    method = wallet[plan["method_index"]]
+                    if method.payment_method_id in cards_in_chunk:
+                        later.append(plan_id)
+                        continue
+                    violation = check_attempt(
+                        method.payment_method_id,
+                        method.network,
+                        now,
+                        histories.of(wallet),
+                        self.context.limits,
                     )
-                    await self._reschedule(conn, plan)
-                    return "blocked_by_rules"
-                number = await plans.next_attempt_number(conn, plan_id)
-                method_id = method.payment_method_id
-                retry_of = await plans.last_decline_class(conn, plan_id)
-                hour, day, days = slot_of(now, ZoneInfo(plan["time_zone"]), plan["first_failed_at"])
-                attempt_id = await plans.insert_attempt(
-                    conn,
-                    plans.NewAttempt(
-                        plan_id=plan_id,
-                        attempt_number=number,
-                        source=source,
-                        attempted_at=now,
-                        payment_method_id=method_id,
-                        network=method.network.value,
-                        outcome="OPEN",
-                        idempotency_key=idempotency_key(plan_id, number),
-                        local_hour=hour,
-                        day_of_month=day,
-                        days_since_failure=days,
-                        retry_of_class=retry_of,
+                    if violation is not None:
+                        log.info(
+                            "retry plan %s: %s refuses the attempt now; deciding again",
+                            plan_id,
+                            violation.rule_id,
+                            extra={
+                                "action": "retry_job.guard",
+                                "plan_id": str(plan_id),
+                                "rule_id": violation.rule_id,
+                            },
+                        )
+                        await redecide(conn, plan, actor=SYSTEM.name, context=self.context)
+                        await plans.release_lease(conn, plan_id, self.worker_id)
+                        results.append("blocked_by_rules")
+                        continue
+                    number = fact["next_number"] if fact is not None else 1
+                    retry_of = fact["last_class"] if fact is not None else ""
+                    method_id, started_at, charge_id = method.payment_method_id, now, ""
+                    hour, day, days = slot_of(
+                        now, ZoneInfo(plan["time_zone"]), plan["first_failed_at"]
+                    )
+                    new.append(
+                        plans.NewAttempt(
+                            plan_id=plan_id,
+                            attempt_number=number,
+                            source=source,
+                            attempted_at=now,
+                            payment_method_id=method_id,
+                            network=method.network.value,
+                            outcome="OPEN",
+                            idempotency_key=idempotency_key(plan_id, number),
+                            local_hour=hour,
+                            day_of_month=day,
+                            days_since_failure=days,
+                            retry_of_class=retry_of,
+                        )
+                    )
+                    attempt_id = uuid.UUID(int=0)  # set below, once inserted
+                cards_in_chunk.add(method_id)
+                request = ChargeRequest(
+                    plan_id=str(plan_id),
+                    customer_id=plan["customer_id"],
+                    payment_method=method_id,
+                    amount=Money(plan["currency"], plan["amount"]),
+                    idempotency_key=idempotency_key(plan_id, number),
+                    attempt=number,
+                    metadata=plan["metadata"],
+                    gateway_charge_id=charge_id,
+                )
+                opened.append(
+                    _Attempt(plan_id, attempt_id, request, plan["gateway"], retry_of, started_at)
+                )
+            if new:
+                ids = dict(
+                    zip(
+                        (a.plan_id for a in new),
+                        await plans.insert_attempts(conn, new),
+                        strict=True,
+                    )
+                )
+                for attempt in opened:
+                    attempt.attempt_id = ids.get(attempt.plan_id, attempt.attempt_id)
+                await plans.count_attempts(conn, list(ids))
+        return opened, results, later
+
+    async def _record(self, opened: list[_Attempt]) -> list[str]:
+        """In one transaction: each attempt's outcome, the plan's next decision (or RECOVERED /
+        EXHAUSTED), and their events and audit rows."""
+        now = datetime.now(UTC)
+        w = _Writes()
+        async with self._db.transaction() as conn:
+            locked = {
+                r["plan_id"]: r
+                for r in await plans.leased_plans(conn, [a.plan_id for a in opened], self.worker_id)
+            }
+            mine = [a for a in opened if a.plan_id in locked]
+            lost = ["lease_lost"] * (len(opened) - len(mine))
+            if not mine:
+                return lost
+            for attempt in mine:
+                w.finished.append(_finished(attempt))
+            attempts = await plans.finish_attempts(conn, w.finished)
+            # The decisions see this chunk's outcomes in the card history.
+            wallets = {
+                plan_id: tuple(
+                    Method(m["payment_method_id"], CardNetwork(m["network"])) for m in ms
+                )
+                for plan_id, ms in (
+                    await plans.methods_of_plans(conn, [a.plan_id for a in mine])
+                ).items()
+            }
+            histories = await CardHistories.read(conn, list(wallets.values()), now)
+            schedules = await plans.schedules(conn, [p["schedule_code"] for p in locked.values()])
+            stats = await self.context.stats.get(conn)
+            for attempt in mine:
+                plan = locked[attempt.plan_id]
+                self._next_step(
+                    attempt,
+                    plan,
+                    wallets[attempt.plan_id],
+                    now,
+                    w,
+                    lambda plan, wallet, last, code, made: decide_for(
+                        plan,
+                        schedule_from_row(schedules[plan["schedule_code"]]),
+                        wallet,
+                        last=last,
+                        decline_code=code,
+                        failed_at=now,
+                        attempts_made=made,
+                        history=histories.of(wallet),
+                        stats=stats,
+                        now=now,
+                        limits=self.context.limits,
                     ),
                 )
-                # attempt_count counts the attempts that reach the issuer
-                await plans.update_plan(
-                    conn, plan, waiting_for_method=False, attempt_count=plan["attempt_count"] + 1
-                )
-            request = ChargeRequest(
-                plan_id=str(plan_id),
-                customer_id=plan["customer_id"],
-                payment_method=method_id,
-                amount=Money(plan["currency"], plan["amount"]),
-                idempotency_key=idempotency_key(plan_id, number),
-                attempt=number,
-                metadata=plan["metadata"],
-            )
-            return _Opened(request, attempt_id, plan["gateway"], retry_of, started_at)
-
-    async def _reschedule(self, conn: Connection, plan: asyncpg.Record) -> None:
-        """A rule forbids the attempt now: decide again (with the rule in the history, the new
-        time is when it allows, in the allowed hours and within the span; or stop)."""
-        await redecide(conn, plan, actor=SYSTEM.name, context=self.context)
-        await plans.release_lease(conn, plan["plan_id"], self.worker_id)
-
-    async def _record(self, plan_id: uuid.UUID, opened: _Opened, outcome: ChargeOutcome) -> str:
-        now = datetime.now(UTC)
-        network = _network(outcome.network) or None
-        async with self._db.transaction() as conn:
-            plan = await plans.leased_plan(conn, plan_id, self.worker_id)
-            if plan is None:
-                return "lease_lost"
-            if outcome.kind is OutcomeKind.UNKNOWN or outcome.kind is OutcomeKind.PENDING:
-                await plans.finish_attempt(
+            decided = await plans.insert_decisions(conn, [d for d, _ in w.decisions])
+            moved = await plans.move_plans(conn, w.moves, self.worker_id)
+            decisions = {d.plan_id: decision for d, decision in w.decisions}
+            for attempt in mine:
+                plan_id = attempt.plan_id
+                state = convert.retry_plan_state(moved[plan_id], _wallet_rows(wallets[plan_id]))
+                result = w.results[plan_id]
+                await _attempted(
                     conn,
-                    opened.attempt_id,
-                    outcome="UNKNOWN",
-                    decline_code="",
-                    visa_response_code="",
-                    mc_advice_code="",
-                    decline_class="",
-                    gateway_charge_id=outcome.gateway_charge_id,
-                    message=outcome.message,
+                    state,
+                    attempt,
+                    attempts[attempt.attempt_id],
+                    will_retry=w.next_at.get(plan_id) is not None,
+                    next_at=w.next_at.get(plan_id),
                 )
-                await plans.update_plan(
-                    conn, plan, next_attempt_at=now + self._unknown_replay, waiting_for_method=False
-                )
-                await plans.release_lease(conn, plan_id, self.worker_id)
-                await self._attempted(
-                    conn, plan_id, opened, will_retry=True, next_at=now + self._unknown_replay
-                )
-                if now - opened.started_at > UNKNOWN_GIVE_UP_AFTER:
-                    # Before the gateway forgets the idempotency key, a person must look.
-                    await plans.set_status(
+                if result == "recovered":
+                    assert attempt.outcome is not None
+                    await changes.record(
                         conn,
-                        plan_id,
-                        PlanStatus.PAUSED,
-                        [PlanStatus.ACTIVE],
-                        f"the outcome of attempt {opened.request.attempt} is unknown since "
-                        f"{opened.started_at.isoformat()}: check "
-                        f"{opened.request.idempotency_key} at the gateway, then resume",
+                        actor=SYSTEM.name,
+                        action="payment.recovered",
+                        entity_type="retry_plan",
+                        entity_id=str(plan_id),
+                        data={
+                            "recovered_by": "retry",
+                            "attempt": attempt.request.attempt,
+                            "gateway_charge_id": attempt.outcome.gateway_charge_id,
+                        },
+                        event_field="payment_recovered",
+                        event_payload=events_pb2.PaymentRecovered(plan=state, recovered_by="retry"),
                     )
-                return "unknown"
-            if outcome.kind is OutcomeKind.SUCCEEDED:
-                await plans.finish_attempt(
-                    conn,
-                    opened.attempt_id,
-                    outcome="SUCCEEDED",
-                    decline_code="",
-                    visa_response_code="",
-                    mc_advice_code="",
-                    decline_class="",
-                    gateway_charge_id=outcome.gateway_charge_id,
-                    message=outcome.message,
-                )
-                check_plan_transition(PlanStatus(plan["status"]), PlanStatus.RECOVERED)
-                await plans.set_status(
-                    conn,
-                    plan_id,
-                    PlanStatus.RECOVERED,
-                    sorted(plan_sources_of(PlanStatus.RECOVERED)),
-                    f"attempt {opened.request.attempt} succeeded",
-                )
-                snapshot = await self._attempted(
-                    conn, plan_id, opened, will_retry=False, next_at=None
-                )
-                await changes.record(
-                    conn,
-                    actor=SYSTEM.name,
-                    action="payment.recovered",
-                    entity_type="retry_plan",
-                    entity_id=str(plan_id),
-                    data={
-                        "recovered_by": "retry",
-                        "attempt": opened.request.attempt,
-                        "gateway_charge_id": outcome.gateway_charge_id,
-                    },
-                    event_field="payment_recovered",
-                    event_payload=events_pb2.PaymentRecovered(plan=snapshot, recovered_by="retry"),
-                )
-                return "recovered"
-            if outcome.kind is OutcomeKind.NOT_ATTEMPTED:
-                decline = Decline("processing_error", network or CardNetwork.OTHER)
-            elif outcome.kind is OutcomeKind.REQUIRES_ACTION:
-                decline = Decline("authentication_required", network or CardNetwork.OTHER)
-            else:
-                decline = Decline(
-                    outcome.decline_code or "generic_decline",
-                    network or CardNetwork.OTHER,
-                    outcome.visa_response_code,
-                    outcome.mc_advice_code,
-                )
-            classification = classify(decline)
-            await plans.finish_attempt(
-                conn,
-                opened.attempt_id,
-                outcome="NOT_ATTEMPTED"
-                if outcome.kind is OutcomeKind.NOT_ATTEMPTED
-                else "REQUIRES_ACTION"
-                if outcome.kind is OutcomeKind.REQUIRES_ACTION
-                else "DECLINED",
-                decline_code=decline.code,
-                visa_response_code=decline.visa_response_code,
-                mc_advice_code=decline.mc_advice_code,
-                decline_class=classification.decline_class.value,
-                gateway_charge_id=outcome.gateway_charge_id,
-                message=outcome.message or classification.reason,
-            )
-            # NOT_ATTEMPTED never reached the issuer: it does not use up an attempt.
-            attempts_made = plan["attempt_count"] - (
-                1 if outcome.kind is OutcomeKind.NOT_ATTEMPTED else 0
-            )
-            decision = await decide_and_apply(
-                conn,
-                plan,
-                last=classification,
-                decline_code=decline.code,
-                failed_at=now,
-                attempts_made=attempts_made,
-                actor=SYSTEM.name,
-                now=now,
-                context=self.context,
-                announce=False,
-            )
-            await plans.release_lease(conn, plan_id, self.worker_id)
-            snapshot = await self._attempted(
-                conn,
-                plan_id,
-                opened,
-                will_retry=decision.action is Action.RETRY,
-                next_at=decision.at,
-            )
-            await announce_decision(conn, plan_id, decision, actor=SYSTEM.name, snapshot=snapshot)
-            return {
-                Action.RETRY: "rescheduled",
-                Action.WAIT_FOR_PAYMENT_METHOD: "waiting_for_customer",
-                Action.STOP: "exhausted",
-            }[decision.action]
+                elif plan_id in decisions:
+                    await announce(
+                        conn,
+                        decisions[plan_id],
+                        plan=state,
+                        latest=convert.retry_decision(decided[plan_id]),
+                        actor=SYSTEM.name,
+                    )
+        return lost + [w.results[a.plan_id] for a in mine]
 
-    async def _attempted(
+    def _next_step(
         self,
-        conn: Connection,
-        plan_id: uuid.UUID,
-        opened: _Opened,
-        *,
-        will_retry: bool,
-        next_at: datetime | None,
-    ) -> retry_plan_pb2.RetryPlan:
-        """The attempt's event and audit row; returns the plan snapshot it carried."""
-        row = await view(conn, plan_id)
-        snapshot = convert.retry_plan(row)
-        attempt = next(a for a in snapshot.attempts if a.attempt_number == opened.request.attempt)
-        await changes.record(
-            conn,
-            actor=SYSTEM.name,
-            action="retry.attempted",
-            entity_type="retry_plan",
-            entity_id=str(plan_id),
-            data={
-                "attempt": opened.request.attempt,
-                "outcome": attempt.outcome,
-                "idempotency_key": opened.request.idempotency_key,
-                "will_retry": will_retry,
-            },
-            event_field="retry_attempted",
-            event_payload=events_pb2.RetryAttempted(
-                plan=snapshot,
-                attempt=attempt,
-                will_retry=will_retry,
-                next_attempt_time=convert.ts(next_at),
-            ),
+        attempt: _Attempt,
+        plan: asyncpg.Record,
+        wallet: tuple[Method, ...],
+        now: datetime,
+        w: _Writes,
+        decide_next: Callable[
+            [asyncpg.Record, tuple[Method, ...], Classification, str, int], Decision
+        ],
+    ) -> None:
+        """The plan's next state after ``attempt``'s outcome, into ``w``."""
+        outcome = attempt.outcome
+        assert outcome is not None
+        plan_id, number = attempt.plan_id, attempt.request.attempt
+        status, reason = plan["status"], plan["status_reason"]
+
+        def move(
+            status: str,
+            reason: str,
+            next_at: datetime | None,
+            *,
+            method_index: int = plan["method_index"],
+            waiting: bool = False,
+            attempt_count: int = plan["attempt_count"],
+        ) -> None:
+            w.moves.append(
+                plans.PlanMove(
+                    plan_id, status, reason, next_at, method_index, waiting, attempt_count
+                )
+            )
+            retrying = status == PlanStatus.ACTIVE and not waiting and next_at is not None
+            w.next_at[plan_id] = next_at if retrying else None
+
+        if outcome.kind in (OutcomeKind.UNKNOWN, OutcomeKind.PENDING):
+            if now - attempt.started_at > UNKNOWN_GIVE_UP_AFTER:
+                # Before the gateway forgets the idempotency key, a person must look.
+                status = PlanStatus.PAUSED.value
+                reason = (
+                    f"the outcome of attempt {number} is unknown since "
+                    f"{attempt.started_at.isoformat()}: check {attempt.request.idempotency_key} "
+                    "at the gateway, then resume"
+                )
+            move(status, reason, now + self._unknown_replay)
+            w.results[plan_id] = "unknown"
+            return
+        if outcome.kind is OutcomeKind.SUCCEEDED:
+            check_plan_transition(PlanStatus(status), PlanStatus.RECOVERED)
+            move(PlanStatus.RECOVERED.value, f"attempt {number} succeeded", None)
+            w.results[plan_id] = "recovered"
+            return
+        decline, classification = _declined(outcome)
+        # NOT_ATTEMPTED never reached the issuer: it does not use up an attempt.
+        made = plan["attempt_count"] - (1 if outcome.kind is OutcomeKind.NOT_ATTEMPTED else 0)
+        decision = decide_next(plan, wallet, classification, decline.code, made)
+        if decision.action is Action.STOP:
+            check_plan_transition(PlanStatus(status), PlanStatus.EXHAUSTED)
+            status, reason = PlanStatus.EXHAUSTED.value, decision.reason
+        move(
+            status,
+            reason,
+            decision.at,
+            method_index=decision.method_index,
+            waiting=decision.action is Action.WAIT_FOR_PAYMENT_METHOD,
+            attempt_count=made,
         )
-        return snapshot
+        w.decisions.append(
+            (
+                plans.NewDecision(
+                    plan_id=plan_id,
+                    action=decision.action.value,
+                    next_attempt_at=decision.at,
+                    payment_method_id=wallet[decision.method_index].payment_method_id
+                    if wallet
+                    else "",
+                    reason=decision.reason,
+                    rule_ids=decision.rule_ids,
+                    data=decision.data,
+                ),
+                decision,
+            )
+        )
+        w.results[plan_id] = {
+            Action.RETRY: "rescheduled",
+            Action.WAIT_FOR_PAYMENT_METHOD: "waiting_for_customer",
+            Action.STOP: "exhausted",
+        }[decision.action]
+
+
+def _declined(outcome: ChargeOutcome) -> tuple[Decline, Classification]:
+    """The decline an unsuccessful outcome amounts to, and its classification."""
+    network = _network(outcome.network) or CardNetwork.OTHER
+    if outcome.kind is OutcomeKind.NOT_ATTEMPTED:
+        decline = Decline("processing_error", network)
+    elif outcome.kind is OutcomeKind.REQUIRES_ACTION:
+        decline = Decline("authentication_required", network)
+    else:
+        decline = Decline(
+            outcome.decline_code or "generic_decline",
+            network,
+            outcome.visa_response_code,
+            outcome.mc_advice_code,
+        )
+    return decline, classify(decline)
+
+
+def _finished(attempt: _Attempt) -> plans.FinishedAttempt:
+    """The attempt row's outcome columns."""
+    outcome = attempt.outcome
+    assert outcome is not None
+    # A pending charge read again keeps its id even when the read fails.
+    charge_id = outcome.gateway_charge_id or attempt.request.gateway_charge_id
+    if outcome.kind in (OutcomeKind.UNKNOWN, OutcomeKind.PENDING):
+        return plans.FinishedAttempt(
+            attempt.attempt_id,
+            "UNKNOWN",
+            gateway_charge_id=charge_id,
+            message=outcome.message,
+        )
+    if outcome.kind is OutcomeKind.SUCCEEDED:
+        return plans.FinishedAttempt(
+            attempt.attempt_id,
+            "SUCCEEDED",
+            gateway_charge_id=charge_id,
+            message=outcome.message,
+        )
+    decline, classification = _declined(outcome)
+    return plans.FinishedAttempt(
+        attempt.attempt_id,
+        {
+            OutcomeKind.NOT_ATTEMPTED: "NOT_ATTEMPTED",
+            OutcomeKind.REQUIRES_ACTION: "REQUIRES_ACTION",
+        }.get(outcome.kind, "DECLINED"),
+        decline_code=decline.code,
+        visa_response_code=decline.visa_response_code,
+        mc_advice_code=decline.mc_advice_code,
+        decline_class=classification.decline_class.value,
+        gateway_charge_id=charge_id,
+        message=outcome.message or classification.reason,
+    )
+
+
+def _wallet_rows(wallet: tuple[Method, ...]) -> list[dict[str, str]]:
+    return [{"payment_method_id": m.payment_method_id, "network": m.network.value} for m in wallet]
+
+
+async def _attempted(
+    conn: Connection,
+    plan: retry_plan_pb2.RetryPlan,
+    attempt: _Attempt,
+    row: asyncpg.Record,
+    *,
+    will_retry: bool,
+    next_at: datetime | None,
+) -> None:
+    """The attempt's event and audit row."""
+    message = convert.payment_attempt(row)
+    await changes.record(
+        conn,
+        actor=SYSTEM.name,
+        action="retry.attempted",
+        entity_type="retry_plan",
+        entity_id=plan.plan_id,
+        data={
+            "attempt": attempt.request.attempt,
+            "outcome": message.outcome,
+            "idempotency_key": attempt.request.idempotency_key,
+            "will_retry": will_retry,
+        },
+        event_field="retry_attempted",
+        event_payload=events_pb2.RetryAttempted(
+            plan=plan,
+            attempt=message,
+            will_retry=will_retry,
+            next_attempt_time=convert.ts(next_at),
+        ),
+    )
 
 
 def _network(text: str) -> CardNetwork | None:

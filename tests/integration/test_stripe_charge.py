@@ -6,6 +6,7 @@ Nothing here reaches the internet: the stub listens on 127.0.0.1 (``tests/stripe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -65,6 +66,19 @@ def charge_request(
 
 def intent_posts(server: StripeStubServer) -> list[RecordedRequest]:
     return [r for r in server.requests if r.method == "POST" and r.path == "/v1/payment_intents"]
+
+
+def intent_gets(server: StripeStubServer) -> list[RecordedRequest]:
+    return [
+        r
+        for r in server.requests
+        if r.method == "GET" and r.path.startswith("/v1/payment_intents/")
+    ]
+
+
+def read_request(request: ChargeRequest, gateway_charge_id: str) -> ChargeRequest:
+    """The same attempt, read again: it answered PENDING with ``gateway_charge_id``."""
+    return dataclasses.replace(request, gateway_charge_id=gateway_charge_id)
 
 
 def test_stripe_gateway_implements_the_charging_gateway_protocol() -> None:
@@ -235,7 +249,7 @@ async def test_an_unknown_payment_method_is_declined_for_good(
     assert "pm_gone" in outcome.message
 
 
-async def test_wrong_api_key_is_declined_and_never_shown(
+async def test_wrong_api_key_is_not_attempted_and_never_shown(
     make_stripe_gateway: MakeStripeGateway,
     stripe_server: StripeStubServer,
     caplog: pytest.LogCaptureFixture,
@@ -247,7 +261,10 @@ async def test_wrong_api_key_is_declined_and_never_shown(
     with caplog.at_level(logging.DEBUG):
         outcome = await gateway.charge(charge_request())
 
-    assert outcome.kind is OutcomeKind.DECLINED
+    # the issuer was never asked: a retry plan neither uses up an attempt nor counts one
+    # against the networks' limits, and tries again once the key is fixed
+    assert outcome.kind is OutcomeKind.NOT_ATTEMPTED
+    assert outcome.retryable is True
     assert outcome.decline_code == ""
     assert "authentication_failed" in outcome.message
     assert len(intent_posts(stripe_server)) == 1
@@ -420,6 +437,231 @@ async def test_timeout_is_unknown_and_a_replay_with_the_key_finds_the_charge(
     assert intent_posts(stripe_server)[-1].replayed is True
 
 
+# -- a pending charge read again ----------------------------------------------------------------
+
+
+async def test_a_processing_charge_read_after_it_settles_is_succeeded(
+    gateway: StripeGateway,
+    stripe_server: StripeStubServer,
+) -> None:
+    stripe_server.add_card("pm_bank", customer="cus_1", network="visa", behaviour="processing")
+    request = charge_request("pm_bank", key="pending-key")
+    pending = await gateway.charge(request)
+    assert pending.kind is OutcomeKind.PENDING
+    stripe_server.settle_payment_intent(pending.gateway_charge_id)
+
+    replayed = await gateway.charge(request)
+    read = await gateway.charge(read_request(request, pending.gateway_charge_id))
+
+    # replaying the create only replays Stripe's saved first answer: that is why we read
+    assert replayed == pending
+    assert read == ChargeOutcome(
+        OutcomeKind.SUCCEEDED, pending.gateway_charge_id, network=CardNetwork.VISA
+    )
+    (intent,) = stripe_server.payment_intents
+    assert intent["status"] == "succeeded"
+    assert intent["latest_charge"]["status"] == "succeeded"
+    (get,) = intent_gets(stripe_server)
+    assert get.path == f"/v1/payment_intents/{pending.gateway_charge_id}"
+    assert get.params == {"expand[0]": "latest_charge"}
+    assert get.idempotency_key is None
+    assert get.status == 200
+    # a settled payment is a payment like any other: it can be refunded
+    assert stripe_server.refunded_amount(pending.gateway_charge_id) == 0
+
+
+async def test_reading_a_charge_sends_no_post_and_creates_no_intent(
+    gateway: StripeGateway,
+    stripe_server: StripeStubServer,
+) -> None:
+    stripe_server.add_card("pm_bank", customer="cus_1", behaviour="processing")
+    request = charge_request("pm_bank")
+    pending = await gateway.charge(request)
+    before = stripe_server.requests
+
+    still = await gateway.charge(read_request(request, pending.gateway_charge_id))
+    again = await gateway.charge(read_request(request, pending.gateway_charge_id))
+
+    assert still == again == pending  # not settled yet: still PENDING, same id
+    after = stripe_server.requests[len(before) :]
+    assert [(r.method, r.path) for r in after] == [
+        ("GET", f"/v1/payment_intents/{pending.gateway_charge_id}")
+    ] * 2
+    assert len(intent_posts(stripe_server)) == 1
+    assert len(stripe_server.payment_intents) == 1
+
+
+@pytest.mark.parametrize(
+    ("network", "settle", "expected"),
+    [
+        (
+            "visa",
+            {"decline_code": "insufficient_funds", "network_decline_code": "51"},
+            ("insufficient_funds", CardNetwork.VISA, "51", ""),
+        ),
+        (
+            "mastercard",
+            {
+                "decline_code": "do_not_honor",
+                "network_decline_code": "05",
+                "network_advice_code": "03",
+            },
+            ("do_not_honor", CardNetwork.MASTERCARD, "", "03"),
+        ),
+        ("amex", {}, ("generic_decline", CardNetwork.AMEX, "", "")),
+    ],
+)
+async def test_a_processing_charge_that_fails_is_declined_with_its_codes(
+    gateway: StripeGateway,
+    stripe_server: StripeStubServer,
+    network: str,
+    settle: dict[str, str],
+    expected: tuple[str, str, str, str],
+) -> None:
+    stripe_server.add_card("pm_bank", customer="cus_1", network=network, behaviour="processing")
+    request = charge_request("pm_bank")
+    pending = await gateway.charge(request)
+    stripe_server.settle_payment_intent(pending.gateway_charge_id, succeed=False, **settle)
+
+    read = await gateway.charge(read_request(request, pending.gateway_charge_id))
+
+    decline_code, network_name, visa_code, mac = expected
+    assert read.kind is OutcomeKind.DECLINED
+    assert read.gateway_charge_id == pending.gateway_charge_id
+    assert read.decline_code == decline_code
+    assert read.network == network_name
+    assert (read.visa_response_code, read.mc_advice_code) == (visa_code, mac)
+    assert read.retryable is False
+    assert read.message.startswith("stripe: Your card")
+    (intent,) = stripe_server.payment_intents
+    assert intent["status"] == "requires_payment_method"
+    assert intent["last_payment_error"]["decline_code"] == decline_code
+    assert intent["latest_charge"]["status"] == "failed"
+    assert len(intent_posts(stripe_server)) == 1
+
+
+async def test_reading_an_unknown_intent_is_unknown_not_retryable(
+    gateway: StripeGateway,
+    stripe_server: StripeStubServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        read = await gateway.charge(read_request(charge_request(), "pi_never_made"))
+
+    # never NOT_ATTEMPTED nor DECLINED: the id came from Stripe, a person must look
+    assert read.kind is OutcomeKind.UNKNOWN
+    assert read.retryable is False
+    assert read.gateway_charge_id == "pi_never_made"
+    assert read.decline_code == ""
+    assert read.message.startswith("stripe: resource_missing: ")
+    assert [(r.method, r.status) for r in stripe_server.requests] == [("GET", 404)]
+    (failed,) = [
+        r for r in caplog.records if getattr(r, "action", "") == "stripe_charge_fetch_failed"
+    ]
+    assert getattr(failed, "gateway_charge_id", None) == "pi_never_made"
+    assert getattr(failed, "http_status", None) == 404
+
+
+async def test_a_500_on_the_read_is_retried(
+    gateway: StripeGateway,
+    stripe_server: StripeStubServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stripe_server.add_card(
+        "pm_bank", customer="cus_1", behaviour="processing,fail_retrieve_with_500:1"
+    )
+    request = charge_request("pm_bank")
+    pending = await gateway.charge(request)
+    stripe_server.settle_payment_intent(pending.gateway_charge_id)
+
+    with caplog.at_level(logging.DEBUG):
+        read = await gateway.charge(read_request(request, pending.gateway_charge_id))
+
+    assert read.kind is OutcomeKind.SUCCEEDED
+    assert [r.status for r in intent_gets(stripe_server)] == [500, 200]
+    retries = [r for r in caplog.records if getattr(r, "action", "") == "stripe_charge_fetch_retry"]
+    assert len(retries) == 1
+
+
+async def test_a_500_on_every_read_is_unknown_and_retryable(
+    gateway: StripeGateway,
+    stripe_server: StripeStubServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stripe_server.add_card(
+        "pm_bank", customer="cus_1", behaviour="processing,fail_retrieve_with_500:100"
+    )
+    request = charge_request("pm_bank")
+    pending = await gateway.charge(request)
+
+    with caplog.at_level(logging.DEBUG):
+        read = await gateway.charge(read_request(request, pending.gateway_charge_id))
+
+    assert read.kind is OutcomeKind.UNKNOWN
+    assert read.retryable is True
+    assert read.gateway_charge_id == pending.gateway_charge_id
+    assert read.message.startswith("stripe: gateway_error: ")
+    assert [r.status for r in intent_gets(stripe_server)] == [500, 500, 500]  # max_attempts
+    assert len(intent_posts(stripe_server)) == 1
+    actions = [getattr(r, "action", "") for r in caplog.records]
+    assert actions.count("stripe_charge_fetch_retry") == 2
+    assert actions.count("stripe_charge_fetch_failed") == 1
+
+
+async def test_reading_when_unreachable_is_unknown_never_not_attempted(
+    make_stripe_gateway: MakeStripeGateway,
+    dead_port: int,
+) -> None:
+    gateway = make_stripe_gateway(api_base=f"http://127.0.0.1:{dead_port}")
+
+    read = await gateway.charge(read_request(charge_request(), "pi_pending"))
+
+    assert read.kind is OutcomeKind.UNKNOWN
+    assert read.retryable is True
+    assert read.gateway_charge_id == "pi_pending"
+    assert "gateway_unreachable" in read.message
+
+
+async def test_reading_with_a_wrong_api_key_is_unknown_and_retryable(
+    make_stripe_gateway: MakeStripeGateway,
+    stripe_server: StripeStubServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stripe_server.add_card("pm_bank", customer="cus_1", behaviour="processing")
+    request = charge_request("pm_bank")
+    pending = await make_stripe_gateway().charge(request)
+    wrong_key = "sk_test_wrong_0123456789abcdef"
+
+    with caplog.at_level(logging.DEBUG):
+        read = await make_stripe_gateway(api_key=wrong_key).charge(
+            read_request(request, pending.gateway_charge_id)
+        )
+
+    # asking again helps once an operator has fixed the key
+    assert read.kind is OutcomeKind.UNKNOWN
+    assert read.retryable is True
+    assert "authentication_failed" in read.message
+    assert [r.status for r in intent_gets(stripe_server)] == [401]
+    assert wrong_key not in read.message
+    assert wrong_key not in caplog.text
+
+
+async def test_an_intent_of_another_plan_is_unknown_not_retryable(
+    gateway: StripeGateway,
+    stripe_server: StripeStubServer,
+) -> None:
+    stripe_server.add_card("pm_1", customer="cus_1")
+    other = await gateway.charge(charge_request())  # plan-1's, succeeded
+    mine = dataclasses.replace(charge_request(), plan_id="plan-2")
+
+    read = await gateway.charge(read_request(mine, other.gateway_charge_id))
+
+    assert read.kind is OutcomeKind.UNKNOWN
+    assert read.retryable is False
+    assert read.gateway_charge_id == other.gateway_charge_id
+    assert "plan-1" in read.message
+
+
 # -- mapping of objects the stub does not produce ------------------------------------------------
 
 
@@ -573,3 +815,69 @@ async def test_stub_payment_intents_answer_like_stripe(
     assert failed["outcome"]["network_decline_code"] == "51"
     assert failed["outcome"]["type"] == "issuer_declined"
     assert failed["payment_method_details"]["card"]["network"] == "visa"
+
+
+async def test_stub_reads_payment_intents_like_stripe(
+    stripe_server: StripeStubServer,
+) -> None:
+    stripe_server.add_card("pm_bank", customer="cus_raw", network="visa", behaviour="processing")
+    auth = {"Authorization": f"Bearer {stripe_server.api_key}"}
+    create = {
+        "amount": "700",
+        "currency": "usd",
+        "customer": "cus_raw",
+        "payment_method": "pm_bank",
+        "confirm": "true",
+        "automatic_payment_methods[allow_redirects]": "never",
+    }
+    async with httpx.AsyncClient(base_url=stripe_server.base_url) as client:
+        created = (
+            await client.post(
+                "/v1/payment_intents", data=create, headers={**auth, "Idempotency-Key": "k"}
+            )
+        ).json()
+        path = f"/v1/payment_intents/{created['id']}"
+        anonymous = await client.get(path)
+        plain = await client.get(path, headers=auth)
+        expanded = await client.get(path, params={"expand[]": "latest_charge"}, headers=auth)
+        unknown_param = await client.get(path, params={"amount": "1"}, headers=auth)
+        missing = await client.get("/v1/payment_intents/pi_missing", headers=auth)
+        stripe_server.settle_payment_intent(created["id"], succeed=False)
+        failed = await client.get(path, params={"expand[0]": "latest_charge"}, headers=auth)
+        replayed = await client.post(
+            "/v1/payment_intents", data=create, headers={**auth, "Idempotency-Key": "k"}
+        )
+
+    assert created["status"] == "processing"
+    assert anonymous.status_code == 401
+    assert plain.status_code == 200
+    assert plain.json()["status"] == "processing"
+    assert plain.json()["latest_charge"] == created["latest_charge"]  # an id unless expanded
+    charge = expanded.json()["latest_charge"]
+    assert (charge["id"], charge["status"]) == (created["latest_charge"], "pending")
+    assert unknown_param.status_code == 400
+    assert unknown_param.json()["error"]["code"] == "parameter_unknown"
+    assert missing.status_code == 404
+    assert missing.json()["error"] == {
+        "type": "invalid_request_error",
+        "message": "No such payment_intent: 'pi_missing'",
+        "code": "resource_missing",
+        "param": "intent",
+    }
+    intent = failed.json()
+    assert intent["status"] == "requires_payment_method"
+    error = intent["last_payment_error"]
+    assert (error["type"], error["code"], error["decline_code"]) == (
+        "card_error",
+        "card_declined",
+        "generic_decline",
+    )
+    assert error["charge"] == created["latest_charge"]  # the same charge, now failed
+    assert intent["latest_charge"]["status"] == "failed"
+    assert intent["latest_charge"]["failure_code"] == "card_declined"
+    assert intent["latest_charge"]["outcome"]["type"] == "issuer_declined"
+    # the idempotency layer replays the first answer, whatever the intent became
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert replayed.json()["status"] == "processing"
+    with pytest.raises(ValueError, match="requires_payment_method"):
+        stripe_server.settle_payment_intent(created["id"])

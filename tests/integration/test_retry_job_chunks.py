@@ -1,0 +1,137 @@
+"""The billing job runs payment retries in chunks (one open and one record transaction per
+chunk): every plan of a chunk ends as it would alone, one plan that cannot be stored does not
+hold up the others, and two plans on one card never dodge the networks' rules together."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from refundretry.v1 import retry_plan_pb2
+from repository.database import Database
+from service.gateways.base import ChargeOutcome, ChargeRequest, OutcomeKind
+from service.gateways.sandbox import SandboxGateway
+from service.jobs.retry_job import RetryJob
+from tests.integration.conftest import Client
+from tests.integration.retry_builders import events, failure, plan_of, record, schedule
+
+PS = retry_plan_pb2.RetryPlanStatus
+AO = retry_plan_pb2.AttemptOutcome
+DUE = timedelta(minutes=2)
+
+
+@pytest.fixture(autouse=True)
+async def fast_schedule(client: Client) -> None:
+    await schedule(client, "test-fast", [60, 120], attempts=4)
+
+
+def job(client: Client, db: Database, gateway: SandboxGateway, **kwargs: object) -> RetryJob:
+    context = client.service.billing_job.retry_job.context  # type: ignore[union-attr]
+    return RetryJob(db, {"sandbox": gateway}, context, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_each_plan_of_a_chunk_ends_as_it_would_alone(client: Client, db: Database) -> None:
+    outcomes = {"succeed": 6, "decline:insufficient_funds": 6, "timeout": 4, "visa:04": 4}
+    plans: dict[str, str] = {}
+    for outcome, n in outcomes.items():
+        for i in range(n):
+            response = await record(client, failure(outcome=outcome, card=f"pm_{outcome}_{i}"))
+            plans[response.plan.plan_id] = outcome
+    summary = await job(client, db, SandboxGateway(), chunk=7, chunks=2).run(
+        due_by=datetime.now(UTC) + DUE
+    )
+    assert (summary.claimed, summary.recovered, summary.rescheduled) == (20, 6, 6)
+    assert (summary.unknown, summary.exhausted, summary.errors) == (4, 4, 0)
+    expected = {
+        "succeed": (
+            PS.RETRY_PLAN_STATUS_RECOVERED,
+            AO.ATTEMPT_OUTCOME_SUCCEEDED,
+            "payment.recovered",
+        ),
+        "decline:insufficient_funds": (
+            PS.RETRY_PLAN_STATUS_ACTIVE,
+            AO.ATTEMPT_OUTCOME_DECLINED,
+            "retry.scheduled",
+        ),
+        "timeout": (PS.RETRY_PLAN_STATUS_ACTIVE, AO.ATTEMPT_OUTCOME_UNKNOWN, None),
+        "visa:04": (PS.RETRY_PLAN_STATUS_EXHAUSTED, AO.ATTEMPT_OUTCOME_DECLINED, "retry.exhausted"),
+    }
+    for plan_id, outcome in plans.items():
+        status, attempt_outcome, last_event = expected[outcome]
+        plan = await plan_of(client, plan_id)
+        assert plan.status == status, (outcome, plan)
+        assert plan.attempt_count == 2
+        assert plan.attempts[-1].outcome == attempt_outcome
+        assert plan.attempts[-1].idempotency_key == f"retry-{plan_id}-attempt-2"
+        stream = await events(db, plan_id)
+        attempted = [e for e in stream if e.type == "retry.attempted"]
+        assert len(attempted) == 1
+        # events carry the plan as it now is, without its history (GetRetryPlan has that)
+        assert attempted[0].retry_attempted.plan.status == status
+        assert not attempted[0].retry_attempted.plan.attempts
+        assert attempted[0].retry_attempted.attempt.attempt_number == 2
+        assert attempted[0].retry_attempted.will_retry == (status == PS.RETRY_PLAN_STATUS_ACTIVE)
+        after = [e.type for e in stream[stream.index(attempted[0]) + 1 :]]
+        if last_event is None:
+            assert after == []
+        else:
+            assert after[0] == last_event
+        if outcome == "decline:insufficient_funds":
+            decision = stream[stream.index(attempted[0]) + 1].retry_scheduled.decision
+            assert decision.sequence == plan.decisions[-1].sequence == 2
+            assert decision.next_attempt_time == plan.next_attempt_time
+
+
+async def test_a_plan_whose_outcome_cannot_be_stored_does_not_hold_up_its_chunk(
+    client: Client, db: Database
+) -> None:
+    plan_ids = [
+        (await record(client, failure(outcome="succeed", card=f"pm_{i}"))).plan.plan_id
+        for i in range(5)
+    ]
+    poisoned = plan_ids[2]
+
+    def decide(request: ChargeRequest) -> ChargeOutcome:
+        if request.plan_id == poisoned:  # PostgreSQL refuses a NUL byte in text
+            return ChargeOutcome(OutcomeKind.SUCCEEDED, gateway_charge_id="ch_\x00bad")
+        return ChargeOutcome(OutcomeKind.SUCCEEDED, gateway_charge_id=f"ch_{request.plan_id}")
+
+    summary = await job(client, db, SandboxGateway(charge_decider=decide)).run(
+        due_by=datetime.now(UTC) + DUE
+    )
+    assert (summary.recovered, summary.errors) == (4, 1)
+    for plan_id in plan_ids:
+        plan = await plan_of(client, plan_id)
+        if plan_id == poisoned:  # left OPEN and due again: the next run replays the same key
+            assert plan.status == PS.RETRY_PLAN_STATUS_ACTIVE
+            assert plan.attempts[-1].outcome == AO.ATTEMPT_OUTCOME_OPEN
+        else:
+            assert plan.status == PS.RETRY_PLAN_STATUS_RECOVERED
+    again = await job(client, db, SandboxGateway()).run(due_by=datetime.now(UTC) + DUE)
+    assert again.recovered == 1
+    plan = await plan_of(client, poisoned)
+    assert plan.status == PS.RETRY_PLAN_STATUS_RECOVERED
+    assert [a.idempotency_key for a in plan.attempts[1:]] == [f"retry-{poisoned}-attempt-2"]
+
+
+async def test_two_plans_on_one_card_are_attempted_one_after_the_other(
+    client: Client, db: Database
+) -> None:
+    """The first attempt's Visa category-1 decline (never retry this card) reaches the guard
+    before the second plan's attempt: the card is charged once, not twice."""
+    first = (await record(client, failure(outcome="visa:04", card="pm_shared"))).plan.plan_id
+    second = (await record(client, failure(outcome="visa:04", card="pm_shared"))).plan.plan_id
+    calls: Counter[str] = Counter()
+
+    async def count(request: ChargeRequest, outcome: ChargeOutcome) -> None:
+        calls[request.payment_method] += 1
+
+    summary = await job(client, db, SandboxGateway(), after_charge=count).run(
+        due_by=datetime.now(UTC) + DUE
+    )
+    assert calls == {"pm_shared": 1}
+    assert summary.exhausted + summary.blocked_by_rules == 2
+    statuses = {(await plan_of(client, p)).status for p in (first, second)}
+    assert statuses == {PS.RETRY_PLAN_STATUS_EXHAUSTED}
