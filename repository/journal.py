@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from repository.database import Connection, unit_of_work
+from repository.outbox import NOTIFY_CHANNEL
 from repository.queries import Queries
 
 Q = Queries("journal")
@@ -35,16 +36,57 @@ async def find_request_id(
     return (bytes(row["fingerprint"]), row["resource_id"]) if row else None
 
 
-async def add_outbox(
-    conn: Connection,
-    *,
-    event_id: uuid.UUID,
-    event_type: str,
-    aggregate_type: str,
-    aggregate_id: str,
-    payload: bytes,
-) -> None:
-    await conn.execute(Q["outbox_add"], event_id, event_type, aggregate_type, aggregate_id, payload)
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One outbox event as written; the ids say whom it concerns (WatchEvents filters)."""
+
+    event_id: uuid.UUID
+    event_type: str
+    aggregate_type: str
+    aggregate_id: str
+    payload: bytes
+    customer_id: str | None = None
+    payment_id: str | None = None
+    subscription_id: str | None = None
+
+
+async def add_outbox(conn: Connection, row: OutboxRow) -> None:
+    """Add an outbox event to ``conn``'s transaction. Inside ``Database.transaction()`` the
+    events are written together right before COMMIT, in the order added, by one statement
+    that also notifies the ``outbox.NOTIFY_CHANNEL`` listeners once: writing late keeps a
+    transaction that emits many events at one statement, and it makes positions follow the
+    order in which the locks on an aggregate were released (the later change of an aggregate
+    gets its positions only after the earlier one committed). Outside a unit of work the
+    event is written at once by the same statement."""
+    unit = unit_of_work(conn)
+    if unit is None:
+        await _write_outbox(conn, [row])
+        return
+    pending: list[OutboxRow] | None = unit.state.get("outbox")
+    if pending is None:
+        pending = unit.state["outbox"] = []
+        rows = pending
+
+        async def flush(conn: Connection) -> None:
+            await _write_outbox(conn, rows)
+
+        unit.before_commit.append(flush)
+    pending.append(row)
+
+
+async def _write_outbox(conn: Connection, rows: list[OutboxRow]) -> None:
+    await conn.execute(
+        Q["outbox_add_many"],
+        [r.event_id for r in rows],
+        [r.event_type for r in rows],
+        [r.aggregate_type for r in rows],
+        [r.aggregate_id for r in rows],
+        [r.payload for r in rows],
+        [r.customer_id for r in rows],
+        [r.payment_id for r in rows],
+        [r.subscription_id for r in rows],
+        NOTIFY_CHANNEL,
+    )
 
 
 async def append_audit(

@@ -16,6 +16,7 @@ from refundretry.v1 import events_pb2
 from repository import journal
 from repository.database import Connection
 from service.errors import InvalidArgument, RequestIdReused
+from service.outbox import subjects
 
 MAX_REQUEST_ID = 128
 
@@ -80,7 +81,9 @@ async def record(
     event_payload: Any,
 ) -> None:
     """Write the outbox event ``action`` carrying ``event_payload`` in ``Event.<event_field>``,
-    then the audit row."""
+    then the audit row. The event also records the customer, payment and subscription its
+    payload names (``service.outbox.subjects``), for WatchEvents' filters. Inside a unit of
+    work both are written right before COMMIT."""
     now = datetime.now(UTC)
     occurred = Timestamp()
     occurred.FromDatetime(now)
@@ -94,13 +97,19 @@ async def record(
         actor=actor,
     )
     getattr(event, event_field).CopyFrom(event_payload)
+    about = subjects.of_payload(event_payload)
     await journal.add_outbox(
         conn,
-        event_id=event_id,
-        event_type=action,
-        aggregate_type=entity_type,
-        aggregate_id=entity_id,
-        payload=event.SerializeToString(),
+        journal.OutboxRow(
+            event_id=event_id,
+            event_type=action,
+            aggregate_type=entity_type,
+            aggregate_id=entity_id,
+            payload=event.SerializeToString(),
+            customer_id=about.customer_id,
+            payment_id=about.payment_id,
+            subscription_id=about.subscription_id,
+        ),
     )
     await journal.append_audit(
         conn,

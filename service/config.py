@@ -38,6 +38,41 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "SHUTDOWN_GRACE_SECONDS": ("10", "how long SIGTERM waits for in-flight RPCs"),
     "LOG_LEVEL": ("INFO", "DEBUG, INFO, WARNING or ERROR"),
     "LOG_FORMAT": ("json", "json (one object per line) or text"),
+    "RABBITMQ_URL": ("amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ URL; its path is the vhost"),
+    "CONSUMERS": ("true", "whether `serve` consumes the billing system's events (true or false)"),
+    "BILLING_EXCHANGE": (
+        "billing.events",
+        "the billing system's topic exchange the consumers bind to (declared when missing)",
+    ),
+    "CONSUMER_QUEUE_PREFIX": (
+        "refund-retry",
+        "consumer queues are `<prefix>.payment.failed`, `.payment.succeeded`, "
+        "`.subscription.cancelled`",
+    ),
+    "CONSUMER_PREFETCH": ("32", "unacknowledged messages per consumer queue, handled at once"),
+    "CONSUMER_DELIVERY_LIMIT": (
+        "20",
+        "deliveries of a message that keeps failing before it is dead-lettered",
+    ),
+    "CONSUMER_RETRY_DELAY_MS": (
+        "500",
+        "wait before a message that failed transiently is redelivered; doubles, at most 30 s",
+    ),
+    "DEAD_LETTER_EXCHANGE": ("refund-retry.dead-letter", "exchange of rejected messages"),
+    "DEAD_LETTER_QUEUE": ("refund-retry.dead-letter", "queue of rejected messages, with reasons"),
+    "RELAY": ("true", "whether `serve` publishes the outbox to RabbitMQ (true or false)"),
+    "EVENTS_EXCHANGE": (
+        "refund-retry.events",
+        "topic exchange the relay publishes this service's events to (declared when missing)",
+    ),
+    "RELAY_BATCH": (
+        "500",
+        "events the relay reads and publishes at a time; two batches await confirms at once",
+    ),
+    "WATCH_BUFFER": (
+        "1000",
+        "live events buffered per WatchEvents stream; a slower stream catches up from the table",
+    ),
 }
 
 
@@ -58,6 +93,25 @@ def _choice(*options: str) -> Callable[[str], str]:
         return text
 
     return parse
+
+
+def _flag(text: str) -> bool:
+    if text not in ("true", "false"):
+        raise ValueError("must be true or false")
+    return text == "true"
+
+
+def _amqp_url(text: str) -> str:
+    if urlsplit(text).scheme not in ("amqp", "amqps"):
+        raise ValueError("must be amqp://user:password@host:port/vhost")
+    return text
+
+
+def _amqp_name(text: str) -> str:
+    """An exchange or queue name: AMQP allows up to 255 bytes; 'amq.' is the broker's."""
+    if not text or len(text.encode()) > 200 or text.startswith("amq."):
+        raise ValueError("must be 1-200 bytes and not start with 'amq.'")
+    return text
 
 
 def _postgres_url(text: str) -> str:
@@ -91,6 +145,19 @@ class Config:
     shutdown_grace_seconds: int
     log_level: str
     log_format: str
+    rabbitmq_url: str
+    consumers: bool
+    billing_exchange: str
+    consumer_queue_prefix: str
+    consumer_prefetch: int
+    consumer_delivery_limit: int
+    consumer_retry_delay_ms: int
+    dead_letter_exchange: str
+    dead_letter_queue: str
+    relay: bool
+    events_exchange: str
+    relay_batch: int
+    watch_buffer: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -132,6 +199,19 @@ class Config:
             shutdown_grace_seconds=get("SHUTDOWN_GRACE_SECONDS", _int(0, 3600)),
             log_level=get("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
             log_format=get("LOG_FORMAT", _choice("json", "text")),
+            rabbitmq_url=get("RABBITMQ_URL", _amqp_url),
+            consumers=get("CONSUMERS", _flag),
+            billing_exchange=get("BILLING_EXCHANGE", _amqp_name),
+            consumer_queue_prefix=get("CONSUMER_QUEUE_PREFIX", _amqp_name),
+            consumer_prefetch=get("CONSUMER_PREFETCH", _int(1, 10_000)),
+            consumer_delivery_limit=get("CONSUMER_DELIVERY_LIMIT", _int(1, 1000)),
+            consumer_retry_delay_ms=get("CONSUMER_RETRY_DELAY_MS", _int(0, 30_000)),
+            dead_letter_exchange=get("DEAD_LETTER_EXCHANGE", _amqp_name),
+            dead_letter_queue=get("DEAD_LETTER_QUEUE", _amqp_name),
+            relay=get("RELAY", _flag),
+            events_exchange=get("EVENTS_EXCHANGE", _amqp_name),
+            relay_batch=get("RELAY_BATCH", _int(1, 10_000)),
+            watch_buffer=get("WATCH_BUFFER", _int(10, 1_000_000)),
         )
 
     def require_tokens(self) -> TokenTable:

@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from consumers.runner import Consumers
 from refundretry.v1 import refund_retry_service_pb2, refund_retry_service_pb2_grpc
 from repository.database import Database, pending_migrations
 from service.config import Config
@@ -25,6 +26,8 @@ from service.gateways.sandbox import SandboxGateway
 from service.grpc.servicer import RefundRetryServicer
 from service.jobs.billing_job import BillingJob, JobRequest
 from service.jobs.retry_job import RetryJob
+from service.outbox.feed import EventFeed
+from service.outbox.relay import Relay
 from service.retries import RetryContext
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,9 @@ class Service:
     billing_job: BillingJob
     port: int
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    consumers: Consumers | None = None  # RabbitMQ consumers, when CONSUMERS is true
+    feed: EventFeed | None = None  # the outbox tail behind WatchEvents
+    relay: Relay | None = None  # the outbox relay to RabbitMQ, when RELAY is true
     _stopped: bool = False
 
     async def stop(self) -> None:
@@ -80,7 +86,11 @@ class Service:
         self._stopped = True
         log.info("stopping: draining in-flight calls", extra={"action": "service.stopping"})
         await self.health.enter_graceful_shutdown()
+        if self.feed is not None:  # ends WatchEvents streams, which would hold up the drain
+            await self.feed.close()
         await self.server.stop(self.config.shutdown_grace_seconds)
+        if self.consumers is not None:
+            await self.consumers.stop(self.config.shutdown_grace_seconds)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -124,9 +134,10 @@ async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
     job = build_billing_job(config, db, gateways)
     retry_job = job.retry_job
     assert retry_job is not None
+    feed = EventFeed(config.database_url, buffer=config.watch_buffer)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     refund_retry_service_pb2_grpc.add_RefundRetryServiceServicer_to_server(
-        RefundRetryServicer(db, tokens, job, retry_job), server
+        RefundRetryServicer(db, tokens, job, retry_job, feed), server
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -149,7 +160,18 @@ async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
     await server.start()
     for name in (SERVICE_NAME, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    service = Service(config, db, server, health_servicer, gateways, job, port)
+    service = Service(config, db, server, health_servicer, gateways, job, port, feed=feed)
+    if config.relay:
+        service.relay = Relay(
+            config.database_url,
+            config.rabbitmq_url,
+            config.events_exchange,
+            batch=config.relay_batch,
+        )
+        service.tasks.append(asyncio.create_task(service.relay.run(), name="outbox-relay"))
+    if config.consumers:
+        service.consumers = Consumers(config, db, retry_job.context)
+        service.consumers.start()
     if run_billing_loop and config.billing_job_interval:
         service.tasks.append(
             asyncio.create_task(

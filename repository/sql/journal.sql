@@ -9,8 +9,34 @@ RETURNING resource_id;
 SELECT fingerprint, resource_id FROM idempotency_key WHERE scope = $1 AND request_id = $2;
 
 -- name: outbox_add
+-- One row, as before migration 0004; the service writes with outbox_add_many. Kept for the
+-- benchmarks' raw paths (bench/), which write the same rows without the service's code.
 INSERT INTO outbox (event_id, event_type, aggregate_type, aggregate_id, payload)
 VALUES ($1, $2, $3, $4, $5);
+
+-- name: outbox_add_many
+-- Every outbox event of a transaction in one statement (arrays, one element per event, in
+-- the order added), and one notification for the whole transaction: NOTIFY is delivered at
+-- commit, and its payload is the highest position written.
+-- The transaction id is taken (assigned if the transaction has none yet) before the first
+-- position is drawn: the watchers' horizon (service/outbox/feed.py) needs every writer to own
+-- its xid before it owns a position.
+WITH tx AS MATERIALIZED (
+    SELECT pg_current_xact_id() AS xid
+), added AS (
+    INSERT INTO outbox (event_id, event_type, aggregate_type, aggregate_id, payload,
+                        customer_id, payment_id, subscription_id)
+    SELECT e.event_id, e.event_type, e.aggregate_type, e.aggregate_id, e.payload,
+           e.customer_id, e.payment_id, e.subscription_id
+      FROM tx,
+           unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[],
+                  $6::text[], $7::text[], $8::text[])
+               WITH ORDINALITY AS e(event_id, event_type, aggregate_type, aggregate_id, payload,
+                                    customer_id, payment_id, subscription_id, n)
+     ORDER BY e.n
+    RETURNING position
+)
+SELECT pg_notify($9, max(position)::text) FROM added;
 
 -- name: audit_append
 -- Written last in a transaction: the chain head stays locked until commit.

@@ -6,17 +6,15 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from refundretry.v1 import (
     dunning_pb2,
-    money_pb2,
+    events_pb2,
     refund_pb2,
     refund_policy_pb2,
     retry_plan_pb2,
@@ -34,6 +32,7 @@ from service import (
     changes,
     convert,
     dunning,
+    messages,
     payments,
     reconciliation,
     refunds,
@@ -43,14 +42,12 @@ from service import (
 )
 from service.auth import Principal, Role, TokenTable
 from service.domain.approval_policy import ApprovalTier
-from service.domain.decline_codes import Decline
 from service.domain.dunning import Campaign, FinalAction, Step, StepKind
 from service.domain.money import Money
 from service.domain.refund_plan import LineRequest
 from service.domain.refund_states import RefundStatus
-from service.domain.retry_plan import Method, PlanStatus
+from service.domain.retry_plan import PlanStatus
 from service.domain.retry_schedule import (
-    DEFAULT_PAYMENT_SCHEDULE,
     DEFAULT_REFUND_SCHEDULE,
     RetrySchedule,
     Timing,
@@ -58,10 +55,13 @@ from service.domain.retry_schedule import (
     validate_code,
 )
 from service.domain.retry_timing import AllowedHours
-from service.errors import InvalidArgument
+from service.errors import InvalidArgument, Unavailable
 from service.grpc.errors import abort
 from service.jobs.billing_job import BillingJob, JobRequest, run_once
 from service.jobs.retry_job import RetryJob
+from service.messages import money, optional_time
+from service.outbox import watch
+from service.outbox.feed import EventFeed
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req", bound=Message)
@@ -107,17 +107,6 @@ def rpc(role: Role) -> Callable[[Impl[Req, Resp]], Handler[Req, Resp]]:
         return handler
 
     return decorate
-
-
-def money(message: money_pb2.Money, field: str) -> Money:
-    return Money.parse(message.currency_code, message.minor_units, field)
-
-
-def optional_time(holder: Message, field: str) -> datetime | None:
-    if not holder.HasField(field):
-        return None
-    value: Timestamp = getattr(holder, field)
-    return value.ToDatetime(tzinfo=UTC)
 
 
 POLICY_FIELDS = frozenset({"auto_approval_thresholds", "approval_tiers", "refund_window"})
@@ -241,20 +230,20 @@ def _campaign(message: dunning_pb2.DunningCampaign) -> Campaign:
     )
 
 
-def _method(message: retry_plan_pb2.PaymentMethod, field: str) -> Method:
-    return Method(
-        message.payment_method_id, retries.network_of(message.network, f"{field}.network")
-    )
-
-
 class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
     def __init__(
-        self, db: Database, tokens: TokenTable, billing_job: BillingJob, retry_job: RetryJob
+        self,
+        db: Database,
+        tokens: TokenTable,
+        billing_job: BillingJob,
+        retry_job: RetryJob,
+        feed: EventFeed | None = None,
     ) -> None:
         self.db = db
         self.tokens = tokens
         self.billing_job = billing_job
         self.retry_job = retry_job
+        self.feed = feed
 
     # -- payments ---------------------------------------------------------------------------
 
@@ -262,52 +251,12 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
     async def RecordPayment(
         self, request: pb.RecordPaymentRequest, principal: Principal
     ) -> pb.RecordPaymentResponse:
-        p = request.payment
         if not request.HasField("payment"):
             raise InvalidArgument("payment", "is required")
-        captured = money(p.captured_amount, "payment.captured_amount")
-        captured_at = optional_time(p, "capture_time")
-        if captured_at is None:
-            raise InvalidArgument("payment.capture_time", "is required")
-        items = []
-        for index, item in enumerate(p.items):
-            name = f"payment.items[{index}]"
-            items.append(
-                payments.ItemInput(
-                    item_id=item.item_id,
-                    description=item.description,
-                    amount=Money.parse(
-                        item.amount.currency_code,
-                        item.amount.minor_units,
-                        f"{name}.amount",
-                        allow_zero=True,
-                    ),
-                    tax=Money.parse(
-                        item.tax.currency_code or item.amount.currency_code,
-                        item.tax.minor_units,
-                        f"{name}.tax",
-                        allow_zero=True,
-                    ),
-                    period_start=optional_time(item, "service_period_start"),
-                    period_end=optional_time(item, "service_period_end"),
-                )
-            )
         row, item_rows = await payments.record_payment(
             self.db,
             principal,
-            payments.RecordPayment(
-                request_id=request.request_id,
-                payment_id=p.payment_id,
-                gateway=p.gateway,
-                gateway_transaction_id=p.gateway_transaction_id,
-                customer_id=p.customer_id,
-                subscription_id=p.subscription_id,
-                billing_event_id=p.billing_event_id,
-                captured=captured,
-                captured_at=captured_at,
-                items=items,
-                metadata=dict(p.metadata),
-            ),
+            messages.record_payment(request.request_id, request.payment),
         )
         return pb.RecordPaymentResponse(payment=convert.payment(row, item_rows))
 
@@ -520,34 +469,10 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
     async def RecordPaymentFailure(
         self, request: pb.RecordPaymentFailureRequest, principal: Principal
     ) -> pb.RecordPaymentFailureResponse:
-        failed_at = optional_time(request, "failure_time")
-        if failed_at is None:
-            raise InvalidArgument("failure_time", "is required")
-        network = retries.network_of(request.payment_method.network, "payment_method.network")
         row = await retries.record_payment_failure(
             self.db,
             principal,
-            retries.RecordFailure(
-                request_id=request.request_id,
-                payment_id=request.payment_id,
-                billing_event_id=request.billing_event_id,
-                customer_id=request.customer_id,
-                subscription_id=request.subscription_id,
-                amount=money(request.amount, "amount"),
-                gateway=request.gateway,
-                method=Method(request.payment_method.payment_method_id, network),
-                decline=Decline(
-                    request.decline.decline_code,
-                    network,
-                    request.decline.visa_response_code,
-                    request.decline.mc_advice_code,
-                ),
-                failed_at=failed_at,
-                time_zone=request.time_zone or "UTC",
-                wallet=tuple(_method(m, f"wallet[{i}]") for i, m in enumerate(request.wallet)),
-                schedule_code=request.retry_schedule_code or DEFAULT_PAYMENT_SCHEDULE,
-                metadata=dict(request.metadata),
-            ),
+            messages.record_failure(request.request_id, request),
             context=self.retry_job.context,
         )
         plan = convert.retry_plan(row)
@@ -660,7 +585,7 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
             principal,
             request.request_id,
             request.plan_id,
-            _method(request.payment_method, "payment_method"),
+            messages.payment_method(request.payment_method, "payment_method"),
         )
         return pb.AddPaymentMethodResponse(plan=convert.retry_plan(row))
 
@@ -774,3 +699,40 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
                 for i in report.issues
             ],
         )
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def WatchEvents(
+        self, request: pb.WatchEventsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchEventsResponse]:
+        """Server streaming, so not through ``rpc``: the same authentication and error
+        mapping, around a generator."""
+        try:
+            metadata = dict(context.invocation_metadata() or ())
+            authorization = metadata.get("authorization")
+            principal = self.tokens.authenticate(
+                authorization if isinstance(authorization, str) else None
+            )
+            principal.require(Role.READ)
+            query = watch.parse_request(
+                event_types=list(request.event_types),
+                customer_id=request.customer_id,
+                payment_id=request.payment_id,
+                subscription_id=request.subscription_id,
+                after=request.after,
+                live_only=request.live_only,
+                until_caught_up=request.until_caught_up,
+            )
+            if self.feed is None:
+                raise Unavailable("this replica does not serve WatchEvents")
+            async for stored in watch.events(self.feed, self.db, query):
+                yield pb.WatchEventsResponse(
+                    cursor=str(stored.position), event=events_pb2.Event.FromString(stored.payload)
+                )
+        except Exception as exc:  # mapped to a status; never a stack trace on the wire
+            log.info(
+                "WatchEvents failed: %s",
+                exc,
+                extra={"action": "rpc.error", "method": "WatchEvents", "error": type(exc).__name__},
+            )
+            await abort(context, exc, "WatchEvents")

@@ -426,6 +426,8 @@ class BillingJob:
                 refund=snapshot,
                 detail_id=detail_id,
                 gateway_refund_id=detail["gateway_refund_id"],
+                will_retry=False,
+                next_check_time=convert.ts(next_retry),
             )
         else:  # pending at the gateway, or one detail of several succeeded
             action, field_name = "refund.processing", "refund_processing"

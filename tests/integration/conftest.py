@@ -43,6 +43,10 @@ def test_config(database_url: str, **overrides: str) -> Config:
         "REFUND_RETRY_TOKENS": json.dumps(TOKENS),
         "REFUND_RETRY_SHUTDOWN_GRACE_SECONDS": "2",
         "REFUND_RETRY_DB_POOL_SIZE": "20",
+        # Off unless a test turns them on with its own vhost (conftest_rabbitmq.py):
+        # the default vhost is shared with every other test run on this broker.
+        "REFUND_RETRY_CONSUMERS": "false",
+        "REFUND_RETRY_RELAY": "false",
         **overrides,
     }
     return Config.from_env(env)

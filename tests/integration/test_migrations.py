@@ -54,7 +54,13 @@ async def test_migrate_applies_every_migration_once(empty_database: str) -> None
     assert await migrate(empty_database) == ALL
     assert await migrate(empty_database) == []
     rows = await fetch(empty_database, "SELECT version, name FROM schema_migration ORDER BY 1")
-    assert rows == [(1, "initial"), (2, "retry_plans"), (3, "dunning")]
+    assert rows == [
+        (1, "initial"),
+        (2, "retry_plans"),
+        (3, "dunning"),
+        (4, "outbox_relay"),
+        (5, "inbox"),
+    ]
     assert [(v, n) for v, n, _ in migrations()] == rows
 
 

@@ -84,6 +84,10 @@ async def test_every_grpcurl_example_in_the_readme_works(service: Service) -> No
     assert outputs["SetDunningExclusion"]["excluded"] is True
     assert outputs["Reconcile"]["balanced"] is True
     assert outputs["VerifyAuditChain"]["intact"] is True
+    rejected = outputs["WatchEvents"]["event"]
+    assert rejected["type"] == "refund.rejected"
+    refund_id = outputs["RejectRefund"]["refund"]["refund_id"]
+    assert rejected["refund_rejected"]["refund"]["refund_id"] == refund_id
     actions = [e["action"] for e in outputs["ListAuditEvents"]["audit_events"]]
     assert actions == ["refund.created", "refund.approved", "refund.processing", "refund.succeeded"]
     assert outputs["CancelRefund"]["refund"]["status"] == "REFUND_STATUS_CANCELED"

@@ -25,7 +25,13 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class Event(_message.Message):
-    """Every event this service publishes, as stored in its outbox."""
+    """Every event this service publishes, as stored in its outbox.
+
+    An event about a retry plan carries the plan as it is after the change (status, next attempt,
+    wallet, counts) WITHOUT its history: `attempts`, `decisions` and `dunning_steps` are left
+    empty. The event names the attempt or decision it is about in its own fields; GetRetryPlan
+    gives the whole history.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -387,20 +393,34 @@ class RefundRequiresAction(_message.Message):
     REFUND_FIELD_NUMBER: _builtins.int
     DETAIL_ID_FIELD_NUMBER: _builtins.int
     GATEWAY_REFUND_ID_FIELD_NUMBER: _builtins.int
+    WILL_RETRY_FIELD_NUMBER: _builtins.int
+    NEXT_CHECK_TIME_FIELD_NUMBER: _builtins.int
     detail_id: _builtins.str
     gateway_refund_id: _builtins.str
+    will_retry: _builtins.bool
+    """Always false: the refund is not sent to the gateway again until a person acted.
+    Present so that every failure event says whether it will be retried.
+    """
     @_builtins.property
     def refund(self) -> _refund_pb2.RefundEvent: ...
+    @_builtins.property
+    def next_check_time(self) -> _timestamp_pb2.Timestamp:
+        """When the gateway is next asked about the refund (it may finish it once the person
+        acted there); unset when the service will not ask again by itself.
+        """
+
     def __init__(
         self,
         *,
         refund: _refund_pb2.RefundEvent | None = ...,
         detail_id: _builtins.str = ...,
         gateway_refund_id: _builtins.str = ...,
+        will_retry: _builtins.bool = ...,
+        next_check_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["refund", b"refund"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_check_time", b"next_check_time", "refund", b"refund"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail_id", b"detail_id", "gateway_refund_id", b"gateway_refund_id", "refund", b"refund"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail_id", b"detail_id", "gateway_refund_id", b"gateway_refund_id", "next_check_time", b"next_check_time", "refund", b"refund", "will_retry", b"will_retry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -485,6 +505,10 @@ class RetryAttempted(_message.Message):
     WILL_RETRY_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     will_retry: _builtins.bool
+    """True when another attempt is scheduled, at next_attempt_time. False when the plan ended
+    (plan.status RECOVERED, EXHAUSTED, PAUSED) or waits for the customer: with
+    plan.waiting_for_payment_method the next attempt runs as soon as a payment method is added.
+    """
     @_builtins.property
     def plan(self) -> _retry_plan_pb2.RetryPlan: ...
     @_builtins.property
@@ -541,7 +565,12 @@ class RetryPlanExhausted(_message.Message):
 
     PLAN_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    WILL_RETRY_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
+    will_retry: _builtins.bool
+    """Always false: an exhausted plan is final. Present so that every failure event says
+    whether it will be retried.
+    """
     @_builtins.property
     def plan(self) -> _retry_plan_pb2.RetryPlan: ...
     def __init__(
@@ -549,10 +578,11 @@ class RetryPlanExhausted(_message.Message):
         *,
         plan: _retry_plan_pb2.RetryPlan | None = ...,
         reason: _builtins.str = ...,
+        will_retry: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "reason", b"reason", "will_retry", b"will_retry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -630,7 +660,12 @@ class DunningExhausted(_message.Message):
 
     PLAN_FIELD_NUMBER: _builtins.int
     CAMPAIGN_CODE_FIELD_NUMBER: _builtins.int
+    WILL_RETRY_FIELD_NUMBER: _builtins.int
     campaign_code: _builtins.str
+    will_retry: _builtins.bool
+    """Always false: no attempt is left. Present so that every failure event says whether it
+    will be retried.
+    """
     @_builtins.property
     def plan(self) -> _retry_plan_pb2.RetryPlan: ...
     def __init__(
@@ -638,10 +673,11 @@ class DunningExhausted(_message.Message):
         *,
         plan: _retry_plan_pb2.RetryPlan | None = ...,
         campaign_code: _builtins.str = ...,
+        will_retry: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_code", b"campaign_code", "plan", b"plan"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_code", b"campaign_code", "plan", b"plan", "will_retry", b"will_retry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

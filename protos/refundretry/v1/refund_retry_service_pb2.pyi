@@ -12,6 +12,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from refundretry.v1 import audit_pb2 as _audit_pb2
 from refundretry.v1 import dunning_pb2 as _dunning_pb2
+from refundretry.v1 import events_pb2 as _events_pb2
 from refundretry.v1 import money_pb2 as _money_pb2
 from refundretry.v1 import payment_pb2 as _payment_pb2
 from refundretry.v1 import refund_pb2 as _refund_pb2
@@ -1694,3 +1695,81 @@ class SetDunningExclusionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetDunningExclusionResponse: _TypeAlias = SetDunningExclusionResponse  # noqa: Y015
+
+@_typing.final
+class WatchEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    LIVE_ONLY_FIELD_NUMBER: _builtins.int
+    UNTIL_CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """Only events about this customer, payment or subscription (as named in the event's
+    payload); any when empty. Several filters must all match.
+    """
+    payment_id: _builtins.str
+    subscription_id: _builtins.str
+    after: _builtins.str
+    """Resume after this cursor: the `cursor` of the last event received. Empty: start
+    with the oldest stored event (or, with live_only, with the events committed from now).
+    """
+    live_only: _builtins.bool
+    """Without a cursor, skip the stored history and send only events committed from now."""
+    until_caught_up: _builtins.bool
+    """End the stream once every event committed before the call has been sent, instead of
+    following live events (a catch-up read, e.g. for scripts).
+    """
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Event types to send: exact ("refund.created") or prefixes ending in "."
+        ("refund."); every type when empty.
+        """
+
+    def __init__(
+        self,
+        *,
+        event_types: _abc.Iterable[_builtins.str] | None = ...,
+        customer_id: _builtins.str = ...,
+        payment_id: _builtins.str = ...,
+        subscription_id: _builtins.str = ...,
+        after: _builtins.str = ...,
+        live_only: _builtins.bool = ...,
+        until_caught_up: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "customer_id", b"customer_id", "event_types", b"event_types", "live_only", b"live_only", "payment_id", b"payment_id", "subscription_id", b"subscription_id", "until_caught_up", b"until_caught_up"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsRequest: _TypeAlias = WatchEventsRequest  # noqa: Y015
+
+@_typing.final
+class WatchEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """Opaque resume point: pass it as `after` to continue after this event."""
+    @_builtins.property
+    def event(self) -> _events_pb2.Event:
+        """The event exactly as it is published to RabbitMQ."""
+
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.str = ...,
+        event: _events_pb2.Event | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015

@@ -184,6 +184,11 @@ class RefundRetryServiceStub:
                 request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ReconcileResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/refundretry.v1.RefundRetryService/WatchEvents',
+                request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class RefundRetryServiceServicer:
@@ -382,6 +387,16 @@ class RefundRetryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Streams the events this service publishes, from every replica, in the order they were
+        committed: first the stored ones after `after` (all of them without a cursor), then
+        live ones as they commit. Resume with the cursor of the last event received to miss
+        nothing and see nothing twice. Needs the read role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RefundRetryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -529,6 +544,11 @@ def add_RefundRetryServiceServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ReconcileRequest.FromString,
                     response_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ReconcileResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.WatchEventsRequest.FromString,
+                    response_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.WatchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1319,6 +1339,33 @@ class RefundRetryService:
             '/refundretry.v1.RefundRetryService/Reconcile',
             refundretry_dot_v1_dot_refund__retry__service__pb2.ReconcileRequest.SerializeToString,
             refundretry_dot_v1_dot_refund__retry__service__pb2.ReconcileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/refundretry.v1.RefundRetryService/WatchEvents',
+            refundretry_dot_v1_dot_refund__retry__service__pb2.WatchEventsRequest.SerializeToString,
+            refundretry_dot_v1_dot_refund__retry__service__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

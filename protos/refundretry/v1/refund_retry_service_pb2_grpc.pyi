@@ -84,6 +84,12 @@ class RefundRetryServiceStub:
     """Recomputes the audit hash chain and names the first broken row."""
     Reconcile: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ReconcileRequest, _refund_retry_service_pb2.ReconcileResponse]
     """Proves that ledger, refunds and payments agree."""
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_refund_retry_service_pb2.WatchEventsRequest, _refund_retry_service_pb2.WatchEventsResponse]
+    """Streams the events this service publishes, from every replica, in the order they were
+    committed: first the stored ones after `after` (all of them without a cursor), then
+    live ones as they commit. Resume with the cursor of the last event received to miss
+    nothing and see nothing twice. Needs the read role.
+    """
 
 @_typing.type_check_only
 class RefundRetryServiceAsyncStub(RefundRetryServiceStub):
@@ -141,6 +147,12 @@ class RefundRetryServiceAsyncStub(RefundRetryServiceStub):
     """Recomputes the audit hash chain and names the first broken row."""
     Reconcile: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ReconcileRequest, _refund_retry_service_pb2.ReconcileResponse]  # type: ignore[assignment]
     """Proves that ledger, refunds and payments agree."""
+    WatchEvents: _aio.UnaryStreamMultiCallable[_refund_retry_service_pb2.WatchEventsRequest, _refund_retry_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
+    """Streams the events this service publishes, from every replica, in the order they were
+    committed: first the stored ones after `after` (all of them without a cursor), then
+    live ones as they commit. Resume with the cursor of the last event received to miss
+    nothing and see nothing twice. Needs the read role.
+    """
 
 class RefundRetryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Refunds and payment retries for billing systems.
@@ -369,5 +381,17 @@ class RefundRetryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_refund_retry_service_pb2.ReconcileResponse, _abc.Awaitable[_refund_retry_service_pb2.ReconcileResponse]]:
         """Proves that ledger, refunds and payments agree."""
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _refund_retry_service_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_refund_retry_service_pb2.WatchEventsResponse], _abc.AsyncIterator[_refund_retry_service_pb2.WatchEventsResponse]]:
+        """Streams the events this service publishes, from every replica, in the order they were
+        committed: first the stored ones after `after` (all of them without a cursor), then
+        live ones as they commit. Resume with the cursor of the last event received to miss
+        nothing and see nothing twice. Needs the read role.
+        """
 
 def add_RefundRetryServiceServicer_to_server(servicer: RefundRetryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,169 @@
+"""Use case: a subscription was cancelled; refund the unused part of its last paid period.
+
+The refund goes through ``refunds.create_refund``, the CreateRefund path: the payment row is
+locked and what is left re-checked, the approval policy decides whether it needs approvers, the
+refund is booked per item, net and tax. Its request id is derived from the subscription and the
+paid period (the payment), so the period is refunded once however many cancellation events name
+it: the same content replays the first refund, and a different one (a cancellation re-sent with
+another time, computed against what the first refund left) is refused by the request id and
+reported as already refunded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from repository import payments, subscriptions
+from repository.database import Database
+from service import changes, refunds, validation
+from service.auth import Principal
+from service.domain.money import Money
+from service.domain.proration import CancellationPolicy, PaidItem, cancellation_refund
+from service.domain.refund_plan import LineRequest
+from service.domain.retry_schedule import DEFAULT_REFUND_SCHEDULE
+from service.errors import InsufficientRefundable, InvalidArgument, NotFound, RequestIdReused
+
+log = logging.getLogger(__name__)
+
+# A concurrent refund of the same payment can change what is left between planning the lines
+# and create_refund's locked re-check; planning again is correct and this bounds it.
+PLANNING_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    subscription_id: str
+    cancel_at: datetime
+    policy: CancellationPolicy
+    customer_id: str = ""
+    payment_id: str = ""  # the paid period to refund; empty: the subscription's last one
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CancellationResult:
+    """The refund made (None when nothing was refunded), the payment of the period, and in
+    words what happened."""
+
+    refund: asyncpg.Record | None
+    payment_id: str
+    note: str
+
+
+def _validate(cmd: Cancellation) -> None:
+    validation.identifier(cmd.subscription_id, "subscription_id")
+    validation.identifier(cmd.customer_id, "customer_id", required=False)
+    validation.identifier(cmd.payment_id, "payment_id", required=False)
+    validation.text(cmd.reason, "reason", 500)
+
+
+def request_id_of(subscription_id: str, payment_id: str) -> str:
+    """The CreateRefund request id of a subscription's period: readable when it fits."""
+    text = f"subscription.cancelled:{subscription_id}:{payment_id}"
+    if len(text) <= changes.MAX_REQUEST_ID:
+        return text
+    digest = hashlib.sha256(f"{subscription_id}\x1f{payment_id}".encode()).hexdigest()
+    return f"subscription.cancelled:{digest}"
+
+
+async def _paid_period(
+    db: Database, cmd: Cancellation
+) -> tuple[asyncpg.Record | None, list[PaidItem]]:
+    async with db.connection() as conn:
+        if cmd.payment_id:
+            payment = await payments.get(conn, cmd.payment_id)
+            if payment is None:
+                raise NotFound(f"payment {cmd.payment_id!r} does not exist")
+            if payment["subscription_id"] != cmd.subscription_id:
+                raise InvalidArgument(
+                    "payment_id",
+                    f"payment {cmd.payment_id!r} is not of subscription {cmd.subscription_id!r}",
+                )
+        else:
+            payment = await subscriptions.last_paid(conn, cmd.subscription_id)
+        if payment is None:
+            return None, []
+        rows = await payments.items(conn, payment["payment_id"])
+    items = [
+        PaidItem(
+            r["item_id"],
+            r["amount"] - r["refunded_amount"] - r["pending_amount"],
+            r["tax"] - r["refunded_tax"] - r["pending_tax"],
+            r["service_period_start"],
+            r["service_period_end"],
+        )
+        for r in rows
+    ]
+    return payment, items
+
+
+async def refund_cancellation(
+    db: Database, principal: Principal, cmd: Cancellation
+) -> CancellationResult:
+    """Refund the unused part of the subscription's last paid period by ``cmd.policy``.
+    Nothing is refunded (and the result says why) when the policy is NONE, the subscription has
+    no payment, or nothing of the period is left unused and unrefunded."""
+    _validate(cmd)
+    for attempt in range(1, PLANNING_ATTEMPTS + 1):
+        payment, items = await _paid_period(db, cmd)
+        if payment is None:
+            return CancellationResult(
+                None, "", f"subscription {cmd.subscription_id!r} has no recorded payment"
+            )
+        payment_id = payment["payment_id"]
+        if cmd.customer_id and payment["customer_id"] != cmd.customer_id:
+            raise InvalidArgument(
+                "customer_id",
+                f"payment {payment_id!r} of the subscription is of customer "
+                f"{payment['customer_id']!r}",
+            )
+        if cmd.policy is CancellationPolicy.NONE:
+            return CancellationResult(None, payment_id, "the policy is NONE: nothing to refund")
+        lines = cancellation_refund(items, cmd.policy, cmd.cancel_at)
+        if not lines:
+            return CancellationResult(
+                None,
+                payment_id,
+                f"nothing of payment {payment_id!r} is left to refund"
+                if not any(i.gross_left for i in items)
+                else f"no unused service time of payment {payment_id!r} after the cancellation",
+            )
+        reason = f"subscription {cmd.subscription_id} cancelled ({cmd.policy.value.lower()})"
+        if cmd.reason:
+            reason += f": {cmd.reason}"
+        try:
+            refund = await refunds.create_refund(
+                db,
+                principal,
+                refunds.CreateRefund(
+                    request_id=request_id_of(cmd.subscription_id, payment_id),
+                    payment_id=payment_id,
+                    amount=None,
+                    lines=[LineRequest(line.item_id, line.gross) for line in lines],
+                    reason=reason,
+                    retry_schedule_code=DEFAULT_REFUND_SCHEDULE,
+                ),
+            )
+        except RequestIdReused:
+            return CancellationResult(
+                None, payment_id, f"the period of payment {payment_id!r} was refunded already"
+            )
+        except InsufficientRefundable:
+            if attempt == PLANNING_ATTEMPTS:
+                raise
+            log.info(
+                "payment %s changed while planning the cancellation refund; planning again",
+                payment_id,
+                extra={"action": "cancellation.replan", "payment_id": payment_id},
+            )
+            continue
+        amount = Money(refund["currency"], refund["amount"])
+        return CancellationResult(
+            refund, payment_id, f"refund {refund['refund_id']} of {amount} ({refund['status']})"
+        )
+    raise AssertionError("unreachable: the last planning attempt returns or raises")
