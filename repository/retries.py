@@ -301,17 +301,9 @@ async def refresh_stats(conn: Connection) -> None:
 async def leased_plans(
     conn: Connection, plan_ids: Sequence[uuid.UUID], worker: str
 ) -> list[asyncpg.Record]:
-    """The plans still leased by ``worker``, locked, in plan_id order."""
+    """The plans still leased by ``worker``, locked, in plan_id order; ``wallet_ids`` and
+    ``wallet_networks`` list each plan's payment methods in wallet order."""
     return await conn.fetch(Q["leased_plans"], list(plan_ids), worker)
-
-
-async def methods_of_plans(
-    conn: Connection, plan_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, list[asyncpg.Record]]:
-    out: dict[uuid.UUID, list[asyncpg.Record]] = {plan_id: [] for plan_id in plan_ids}
-    for row in await conn.fetch(Q["methods_of_plans"], list(plan_ids)):
-        out[row["plan_id"]].append(row)
-    return out
 
 
 async def schedules(conn: Connection, codes: Sequence[str]) -> dict[str, asyncpg.Record]:
@@ -329,7 +321,8 @@ async def attempt_facts(
 
 
 async def insert_attempts(conn: Connection, attempts: Sequence[NewAttempt]) -> list[uuid.UUID]:
-    """Insert OPEN attempts (the outcome columns stay empty until ``finish_attempts``)."""
+    """Insert OPEN attempts (the outcome columns stay empty until ``finish_attempts``) and
+    count each on its plan."""
     ids = [uuid.uuid4() for _ in attempts]
     await conn.execute(
         Q["insert_attempts"],
@@ -348,10 +341,6 @@ async def insert_attempts(conn: Connection, attempts: Sequence[NewAttempt]) -> l
         [a.days_since_failure for a in attempts],
     )
     return ids
-
-
-async def count_attempts(conn: Connection, plan_ids: Sequence[uuid.UUID]) -> None:
-    await conn.execute(Q["count_attempts"], list(plan_ids))
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,14 +179,18 @@ SELECT decline_class, 'overall', 0, count(*), sum(ok) FROM retried GROUP BY decl
 -- The billing job works on chunks of plans: one statement per step for the whole chunk.
 
 -- name: leased_plans
--- The plans of a chunk still leased by this worker, locked in plan_id order so two workers'
--- chunks never wait on each other in a cycle.
-SELECT * FROM retry_plan WHERE plan_id = ANY($1::uuid[]) AND lease_owner = $2
- ORDER BY plan_id
-   FOR UPDATE;
-
--- name: methods_of_plans
-SELECT * FROM plan_payment_method WHERE plan_id = ANY($1::uuid[]) ORDER BY plan_id, position;
+-- The plans of a chunk still leased by this worker, with their wallets (ids and networks in
+-- wallet order), locked in plan_id order so two workers' chunks never wait on each other in a
+-- cycle.
+SELECT p.*,
+       ARRAY(SELECT m.payment_method_id FROM plan_payment_method m
+              WHERE m.plan_id = p.plan_id ORDER BY m.position) AS wallet_ids,
+       ARRAY(SELECT m.network FROM plan_payment_method m
+              WHERE m.plan_id = p.plan_id ORDER BY m.position) AS wallet_networks
+  FROM retry_plan p
+ WHERE p.plan_id = ANY($1::uuid[]) AND p.lease_owner = $2
+ ORDER BY p.plan_id
+   FOR UPDATE OF p;
 
 -- name: schedules
 SELECT * FROM retry_schedule WHERE code = ANY($1::text[]);
@@ -211,18 +215,21 @@ SELECT DISTINCT ON (a.plan_id)
  ORDER BY a.plan_id, a.attempt_number DESC;
 
 -- name: insert_attempts
-INSERT INTO payment_attempt (attempt_id, plan_id, attempt_number, source, attempted_at,
-                             payment_method_id, network, outcome, idempotency_key,
-                             retry_of_class, local_hour, day_of_month, days_since_failure)
-SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::timestamptz[],
-                     $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int[],
-                     $12::int[], $13::int[]);
-
--- name: count_attempts
--- attempt_count counts the attempts that reach the issuer (a NOT_ATTEMPTED gives it back).
-UPDATE retry_plan SET attempt_count = attempt_count + 1, waiting_for_method = false,
-       updated_at = now()
- WHERE plan_id = ANY($1::uuid[]);
+-- OPEN attempts, each counted on its plan at once: attempt_count counts the attempts that
+-- reach the issuer (recording a NOT_ATTEMPTED gives it back).
+WITH added AS (
+    INSERT INTO payment_attempt (attempt_id, plan_id, attempt_number, source, attempted_at,
+                                 payment_method_id, network, outcome, idempotency_key,
+                                 retry_of_class, local_hour, day_of_month, days_since_failure)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::timestamptz[],
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                         $11::int[], $12::int[], $13::int[])
+    RETURNING plan_id
+)
+UPDATE retry_plan p
+   SET attempt_count = p.attempt_count + 1, waiting_for_method = false, updated_at = now()
+  FROM added
+ WHERE p.plan_id = added.plan_id;
 
 -- name: finish_attempts
 UPDATE payment_attempt a

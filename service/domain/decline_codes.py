@@ -25,6 +25,7 @@ MAC 24-30 (and 02) add a wait; the class then comes from the other codes.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -332,8 +333,11 @@ def _code_verdict(code: str, decided: bool) -> _Verdict | None:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def classify(decline: Decline) -> Classification:
-    """Combine the network codes and the decline code into one classification."""
+    """Combine the network codes and the decline code into one classification. Pure, and
+    declines repeat (the billing job classifies each card's history at every attempt): the
+    answers are cached (a frozen Classification is never changed by a caller)."""
     notes: list[str] = []
     network = [
         v for v in (_visa_verdict(decline, notes), _mac_verdict(decline, notes)) if v is not None

@@ -324,14 +324,8 @@ class RetryJob:
             results += ["lease_lost"] * (len(plan_ids) - len(rows))
             if not rows:
                 return opened, results, later
-            live = [r["plan_id"] for r in rows]
-            wallets = {
-                plan_id: tuple(
-                    Method(m["payment_method_id"], CardNetwork(m["network"])) for m in ms
-                )
-                for plan_id, ms in (await plans.methods_of_plans(conn, live)).items()
-            }
-            facts = await plans.attempt_facts(conn, live)
+            wallets = {r["plan_id"]: _wallet(r) for r in rows}
+            facts = await plans.attempt_facts(conn, list(wallets))
             histories = await CardHistories.read(conn, list(wallets.values()), now)
             cards_in_chunk: set[str] = set()
             for plan in rows:
@@ -418,7 +412,6 @@ class RetryJob:
                 )
                 for attempt in opened:
                     attempt.attempt_id = ids.get(attempt.plan_id, attempt.attempt_id)
-                await plans.count_attempts(conn, list(ids))
         return opened, results, later
 
     async def _record(self, opened: list[_Attempt]) -> list[str]:
@@ -439,14 +432,7 @@ class RetryJob:
                 w.finished.append(_finished(attempt))
             attempts = await plans.finish_attempts(conn, w.finished)
             # The decisions see this chunk's outcomes in the card history.
-            wallets = {
-                plan_id: tuple(
-                    Method(m["payment_method_id"], CardNetwork(m["network"])) for m in ms
-                )
-                for plan_id, ms in (
-                    await plans.methods_of_plans(conn, [a.plan_id for a in mine])
-                ).items()
-            }
+            wallets = {a.plan_id: _wallet(locked[a.plan_id]) for a in mine}
             histories = await CardHistories.read(conn, list(wallets.values()), now)
             schedules = await plans.schedules(conn, [p["schedule_code"] for p in locked.values()])
             stats = await self.context.stats.get(conn)
@@ -652,6 +638,14 @@ def _finished(attempt: _Attempt) -> plans.FinishedAttempt:
         decline_class=classification.decline_class.value,
         gateway_charge_id=charge_id,
         message=outcome.message or classification.reason,
+    )
+
+
+def _wallet(plan: asyncpg.Record) -> tuple[Method, ...]:
+    """A ``leased_plans`` row's wallet, in order."""
+    return tuple(
+        Method(method_id, CardNetwork(network))
+        for method_id, network in zip(plan["wallet_ids"], plan["wallet_networks"], strict=True)
     )
 
 
