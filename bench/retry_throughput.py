@@ -678,7 +678,7 @@ async def per_call_costs(db: Database, tag: str) -> dict[str, Any]:
         plan_row = await conn.fetchrow("SELECT * FROM retry_plan WHERE plan_id = $1", plan_id)
         wallet = [
             {"payment_method_id": m["payment_method_id"], "network": m["network"]}
-            for m in (await plans.methods_of_plans(conn, [plan_id]))[plan_id]
+            for m in await plans.methods(conn, plan_id)
         ]
         attempt_row = await conn.fetchrow(
             "SELECT * FROM payment_attempt WHERE plan_id = $1 ORDER BY attempt_number DESC LIMIT 1",
