@@ -1,10 +1,13 @@
 # syntax=docker/dockerfile:1
 # refund-retry: the gRPC refund & payment-retry service.
 #   docker build -t refund-retry .
-#   docker run --rm -p 50051:50051 \
+#   docker run --rm -p 50051:50051 -p 8080:8080 \
 #     -e REFUND_RETRY_DATABASE_URL=postgresql://user:pass@db:5432/refund_retry \
-#     -e REFUND_RETRY_TOKENS_FILE=/run/secrets/tokens.json -v "$PWD/tokens.json:/run/secrets/tokens.json:ro" \
-#     refund-retry            # = refund-retry serve
+#     -e REFUND_RETRY_TOKENS_FILE=/run/secrets/tokens.json \
+#     -e REFUND_RETRY_TLS_CERT_FILE=/run/secrets/tls.crt -e REFUND_RETRY_TLS_KEY_FILE=/run/secrets/tls.key \
+#     -v "$PWD/secrets:/run/secrets:ro" \
+#     refund-retry            # = refund-retry serve (gRPC over TLS; HTTP webhooks and probes on 8080)
+#   (for a local try without certificates: -e REFUND_RETRY_PLAINTEXT=true instead of the TLS files)
 #   docker run --rm -e REFUND_RETRY_DATABASE_URL=... refund-retry migrate
 
 # ---- builder: the project's wheel plus wheels of all its dependencies -------------------
@@ -34,10 +37,11 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
       --shell /usr/sbin/nologin refundretry
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 50051
-# The server registers the standard gRPC health service (overall status ""); probe it with
-# the grpcio-health-checking package the image already has.
+# gRPC, and HTTP for gateway webhooks and the probes (REFUND_RETRY_HTTP_PORT).
+EXPOSE 50051 8080
+# Liveness on the HTTP port (/healthz), whatever the gRPC port's transport security; /readyz
+# (503 while PostgreSQL is unreachable) and the gRPC health service are for load balancers.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-  CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; ch = grpc.insecure_channel('127.0.0.1:' + os.environ.get('REFUND_RETRY_GRPC_PORT', '50051')); r = g.HealthStub(ch).Check(h.HealthCheckRequest(), timeout=4); sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"]
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('REFUND_RETRY_HTTP_PORT', '8080') + '/healthz', timeout=4)"]
 ENTRYPOINT ["refund-retry"]
 CMD ["serve"]

@@ -95,6 +95,8 @@ from service.retries import (
 
 Record = asyncpg.Record
 RQ, JQ = Queries("retries"), Queries("journal")
+# claim_due claims only the plans of the gateways a worker can call: the bench has one.
+GATEWAYS = ["sandbox"]
 VENV_BIN = Path(sys.executable).parent
 SUCCEED = "succeed"
 TEMPLATE_ZONE = "America/New_York"
@@ -817,7 +819,9 @@ async def time_claims(conn: Connection, limit: int, reps: int) -> tuple[list[flo
         await tx.start()
         try:
             t = time.perf_counter()
-            found = await conn.fetch(RQ["claim_due"], now_utc(), limit, "bench-find-due", 60.0)
+            found = await conn.fetch(
+                RQ["claim_due"], now_utc(), limit, "bench-find-due", 60.0, GATEWAYS
+            )
             elapsed = time.perf_counter() - t
         finally:
             await tx.rollback()
@@ -836,17 +840,23 @@ async def explain_claim(conn: Connection, limit: int, *, generic: bool) -> list[
     try:
         if not generic:
             rows = await conn.fetch(
-                "EXPLAIN (ANALYZE, BUFFERS)\n" + RQ["claim_due"], now_utc(), limit, "bench", 60.0
+                "EXPLAIN (ANALYZE, BUFFERS)\n" + RQ["claim_due"],
+                now_utc(),
+                limit,
+                "bench",
+                60.0,
+                GATEWAYS,
             )
         else:
             await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
             await conn.execute(
-                "PREPARE bench_claim (timestamptz, int, text, float8) AS\n" + RQ["claim_due"]
+                "PREPARE bench_claim (timestamptz, int, text, float8, text[]) AS\n"
+                + RQ["claim_due"]
             )
             try:
                 rows = await conn.fetch(
                     "EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_claim(now(), "
-                    f"{int(limit)}, 'bench', 60)"
+                    f"{int(limit)}, 'bench', 60, ARRAY['sandbox'])"
                 )
             finally:
                 await conn.execute("DEALLOCATE bench_claim")

@@ -75,3 +75,80 @@ async def release_lease(conn: Connection, detail_id: uuid.UUID, worker: str) -> 
 
 async def detail_statuses(conn: Connection, refund_id: uuid.UUID) -> list[str]:
     return [r["status"] for r in await conn.fetch(Q["detail_statuses"], refund_id)]
+
+
+async def record_not_attempted(
+    conn: Connection,
+    detail_id: uuid.UUID,
+    worker: str,
+    *,
+    next_retry: datetime,
+    error_code: str,
+    error_message: str,
+    remaining_retries: int,
+) -> asyncpg.Record | None:
+    """Give back a new attempt that never reached the gateway, under ``worker``'s lease."""
+    return await conn.fetchrow(
+        Q["record_not_attempted"],
+        detail_id,
+        worker,
+        next_retry,
+        error_code,
+        error_message[:1000],
+        remaining_retries,
+    )
+
+
+async def postpone(
+    conn: Connection,
+    detail_id: uuid.UUID,
+    worker: str,
+    *,
+    next_retry: datetime | None,
+    error_code: str,
+    error_message: str,
+) -> asyncpg.Record | None:
+    """Look at the detail again at ``next_retry`` (None: not at all), changing nothing else but
+    its last error; releases the lease. None when the lease was lost."""
+    return await conn.fetchrow(
+        Q["postpone"], detail_id, worker, next_retry, error_code, error_message[:1000]
+    )
+
+
+async def lock_detail(conn: Connection, detail_id: uuid.UUID) -> asyncpg.Record | None:
+    """The detail with its refund's, payment's and schedule's columns, locked, leased or not."""
+    return await conn.fetchrow(Q["lock_detail"], detail_id)
+
+
+async def apply_outcome(
+    conn: Connection,
+    detail_id: uuid.UUID,
+    *,
+    status: str,
+    gateway_refund_id: str,
+    attempt_open: bool,
+    next_retry: datetime | None,
+    error_code: str,
+    error_message: str,
+    remaining_retries: int,
+) -> asyncpg.Record:
+    """Record an outcome without a lease (ending any): the caller holds the row lock."""
+    row = await conn.fetchrow(
+        Q["apply_outcome"],
+        detail_id,
+        status,
+        gateway_refund_id,
+        attempt_open,
+        next_retry,
+        error_code,
+        error_message[:1000],
+        remaining_retries,
+    )
+    assert row is not None
+    return row
+
+
+async def detail_statuses_by_id(conn: Connection, refund_id: uuid.UUID) -> dict[uuid.UUID, str]:
+    return {
+        r["detail_id"]: r["status"] for r in await conn.fetch(Q["detail_statuses_by_id"], refund_id)
+    }

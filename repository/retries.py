@@ -259,9 +259,16 @@ async def open_plans_for(
 
 
 async def claim_due(
-    conn: Connection, *, due_by: datetime, limit: int, worker: str, lease_seconds: float
+    conn: Connection,
+    *,
+    due_by: datetime,
+    limit: int,
+    worker: str,
+    lease_seconds: float,
+    gateways: Sequence[str],
 ) -> list[uuid.UUID]:
-    rows = await conn.fetch(Q["claim_due"], due_by, limit, worker, lease_seconds)
+    """Lease up to ``limit`` plans due by ``due_by`` whose gateway is one of ``gateways``."""
+    rows = await conn.fetch(Q["claim_due"], due_by, limit, worker, lease_seconds, sorted(gateways))
     return [r["plan_id"] for r in rows]
 
 

@@ -1,4 +1,4 @@
-"""One lifecycle for every long-running part: pool -> gateways -> billing job -> gRPC; stopped
+"""One lifecycle for every long-running part: pool -> gateways -> billing job -> HTTP, gRPC; stopped
 in reverse by one stop event, with a bounded grace period."""
 
 from __future__ import annotations
@@ -18,17 +18,27 @@ from grpc_reflection.v1alpha import reflection
 from consumers.runner import Consumers
 from refundretry.v1 import refund_retry_service_pb2, refund_retry_service_pb2_grpc
 from repository.database import Database, pending_migrations
-from service.config import Config
+from service import analytics
+from service.config import PREFIX, Config
 from service.domain.network_rules import NetworkLimits
 from service.errors import ConfigError
+from service.gateways.adyen_notifications import parse_hmac_keys
 from service.gateways.base import ChargingGateway
+from service.gateways.breaker import with_breakers
 from service.gateways.sandbox import SandboxGateway
 from service.grpc.servicer import RefundRetryServicer
+from service.health import DatabaseHealth
+from service.http.health import HealthRoutes
+from service.http.server import HttpServer
+from service.http.webhooks import WebhookRoutes, WebhookSecrets
 from service.jobs.billing_job import BillingJob, JobRequest
 from service.jobs.retry_job import RetryJob
 from service.outbox.feed import EventFeed
 from service.outbox.relay import Relay
 from service.retries import RetryContext
+from service.tls import Security
+from service.tls import load as load_transport
+from service.webhooks import WebhookEvents, with_reported_outcomes
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = refund_retry_service_pb2.DESCRIPTOR.services_by_name["RefundRetryService"].full_name
@@ -40,7 +50,41 @@ def build_gateways(config: Config) -> dict[str, ChargingGateway]:
         from service.gateways.stripe_gateway import StripeGateway
 
         gateways["stripe"] = StripeGateway(config.stripe_api_key, config.stripe_api_base or None)
-    return gateways
+    if config.adyen_api_key:
+        gateways["adyen"] = _adyen_gateway(config)
+    # Each behind its circuit breaker, so the refund and the retry jobs both use it.
+    return with_breakers(
+        gateways,
+        failure_threshold=config.breaker_failures,
+        cooldown_seconds=config.breaker_cooldown_seconds,
+    )
+
+
+def _adyen_gateway(config: Config) -> ChargingGateway:
+    """The Adyen gateway of ``config``; its settings are checked together here."""
+    from service.gateways.adyen_gateway import AdyenGateway
+
+    if not config.adyen_merchant_account:
+        raise ConfigError(f"{PREFIX}ADYEN_API_KEY is set: set {PREFIX}ADYEN_MERCHANT_ACCOUNT too")
+    live = config.adyen_environment == "live"
+    if live and not config.adyen_live_url_prefix and not config.adyen_api_base:
+        raise ConfigError(
+            f"{PREFIX}ADYEN_ENVIRONMENT=live needs {PREFIX}ADYEN_LIVE_URL_PREFIX "
+            "(Customer Area > Developers > API URLs)"
+        )
+    if "-live" in config.adyen_api_base:
+        raise ConfigError(
+            f"{PREFIX}ADYEN_API_BASE must not name a live endpoint: set "
+            f"{PREFIX}ADYEN_ENVIRONMENT=live and {PREFIX}ADYEN_LIVE_URL_PREFIX instead"
+        )
+    return AdyenGateway(
+        config.adyen_api_key,
+        config.adyen_merchant_account,
+        environment=config.adyen_environment,
+        live_url_prefix=config.adyen_live_url_prefix,
+        api_base=config.adyen_api_base,
+        recurring_processing_model=config.adyen_recurring_processing_model,
+    )
 
 
 def build_billing_job(
@@ -50,13 +94,17 @@ def build_billing_job(
     lease = timedelta(seconds=config.lease_seconds)
     unknown_replay = timedelta(seconds=config.unknown_replay_seconds)
     context = RetryContext(limits=NetworkLimits(visa_max_reattempts=config.visa_max_reattempts))
-    retry_job = RetryJob(db, gateways, context, lease=lease, unknown_replay_delay=unknown_replay)
+    # Both jobs read a pending refund or charge from its webhook where the gateway cannot be
+    # asked about it (Adyen).
+    reading = with_reported_outcomes(gateways, db)
+    retry_job = RetryJob(db, reading, context, lease=lease, unknown_replay_delay=unknown_replay)
     return BillingJob(
         db,
-        gateways,
+        reading,
         lease=lease,
         pending_sync_interval=timedelta(seconds=config.pending_sync_seconds),
         unknown_replay_delay=unknown_replay,
+        refund_notification_timeout=timedelta(seconds=config.refund_notification_timeout_seconds),
         retry_job=retry_job,
     )
 
@@ -76,6 +124,8 @@ class Service:
     consumers: Consumers | None = None  # RabbitMQ consumers, when CONSUMERS is true
     feed: EventFeed | None = None  # the outbox tail behind WatchEvents
     relay: Relay | None = None  # the outbox relay to RabbitMQ, when RELAY is true
+    http: HttpServer | None = None  # the HTTP port (webhooks); ``http.port`` is the bound port
+    database_health: DatabaseHealth | None = None  # behind gRPC health and /readyz
     _stopped: bool = False
 
     async def stop(self) -> None:
@@ -85,10 +135,16 @@ class Service:
             return
         self._stopped = True
         log.info("stopping: draining in-flight calls", extra={"action": "service.stopping"})
+        if self.database_health is not None:  # it must not report SERVING again
+            await self.database_health.stop()
         await self.health.enter_graceful_shutdown()
         if self.feed is not None:  # ends WatchEvents streams, which would hold up the drain
             await self.feed.close()
-        await self.server.stop(self.config.shutdown_grace_seconds)
+        # Both ports stop accepting and drain their calls in flight within the grace period.
+        await asyncio.gather(
+            self.server.stop(self.config.shutdown_grace_seconds),
+            self.http.stop() if self.http is not None else asyncio.sleep(0),
+        )
         if self.consumers is not None:
             await self.consumers.stop(self.config.shutdown_grace_seconds)
         for task in self.tasks:
@@ -100,6 +156,29 @@ class Service:
             await gateway.close()
         await self.db.close()
         log.info("stopped", extra={"action": "service.stopped"})
+
+
+def build_http_server(
+    config: Config, db: Database, job: BillingJob, health: DatabaseHealth
+) -> tuple[HttpServer, WebhookRoutes]:
+    """The HTTP port and its routes: gateway webhooks (metrics, health and the dashboard are
+    added to the list the same way)."""
+    webhooks = WebhookRoutes(
+        WebhookEvents(db, job),
+        WebhookSecrets(
+            stripe_secret=config.stripe_webhook_secret,
+            adyen_hmac_keys=parse_hmac_keys(config.adyen_webhook_hmac_keys),
+            adyen_username=config.adyen_webhook_username,
+            adyen_password=config.adyen_webhook_password,
+        ),
+    )
+    server = HttpServer(
+        config.http_host,
+        config.http_port,
+        [webhooks, HealthRoutes(health)],
+        shutdown_grace=config.shutdown_grace_seconds,
+    )
+    return server, webhooks
 
 
 async def _billing_loop(job: BillingJob, interval: int, batch: int) -> None:
@@ -121,6 +200,7 @@ async def _billing_loop(job: BillingJob, interval: int, batch: int) -> None:
 
 async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
     tokens = config.require_tokens()
+    transport = load_transport(config, tokens)  # before anything else: bad files fail fast
     db = await Database.connect(config.database_url, max_size=config.db_pool_size)
     async with db.connection() as conn:
         missing = await pending_migrations(conn)
@@ -134,10 +214,20 @@ async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
     job = build_billing_job(config, db, gateways)
     retry_job = job.retry_job
     assert retry_job is not None
+    database_health = DatabaseHealth(db)
+    http, webhooks = build_http_server(config, db, job, database_health)
+    try:
+        await http.start()
+    except OSError:
+        await db.close()
+        raise
     feed = EventFeed(config.database_url, buffer=config.watch_buffer)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     refund_retry_service_pb2_grpc.add_RefundRetryServiceServicer_to_server(
-        RefundRetryServicer(db, tokens, job, retry_job, feed), server
+        RefundRetryServicer(
+            db, tokens, job, retry_job, feed, analytics_zones=config.analytics_time_zones
+        ),
+        server,
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -150,17 +240,44 @@ async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
         server,
     )
     address = f"{config.grpc_host}:{config.grpc_port}"
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError:  # grpc's way of saying the port is taken or the host is wrong
-        port = 0
+    port = transport.add_port(server, address)
     if port == 0:
+        await http.stop()
         await db.close()
         raise OSError(f"cannot listen for gRPC on {address}: in use or not an address here")
     await server.start()
-    for name in (SERVICE_NAME, ""):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    service = Service(config, db, server, health_servicer, gateways, job, port, feed=feed)
+
+    async def report(ready: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        for name in (SERVICE_NAME, ""):
+            await health_servicer.set(name, status)
+
+    await report(True)
+    database_health.listen(report)
+    database_health.start()
+    service = Service(
+        config,
+        db,
+        server,
+        health_servicer,
+        gateways,
+        job,
+        port,
+        feed=feed,
+        http=http,
+        database_health=database_health,
+    )
+    log.info(
+        "serving HTTP on %s:%d (webhooks: %s)",
+        config.http_host,
+        http.port,
+        ", ".join(f"{gateway} {state}" for gateway, state in webhooks.describe().items()),
+        extra={"action": "http.started", "port": http.port, "webhooks": webhooks.describe()},
+    )
     if config.relay:
         service.relay = Relay(
             config.database_url,
@@ -179,11 +296,28 @@ async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
                 name="billing-job",
             )
         )
-    log.info(
-        "serving gRPC on %s:%d",
+    if run_billing_loop and config.analytics_rollup_seconds:
+        # The analytics fold: its own task, so a slow fold never delays the billing job.
+        service.tasks.append(
+            asyncio.create_task(
+                analytics.rollup_loop(
+                    db, config.analytics_time_zones, config.analytics_rollup_seconds
+                ),
+                name="analytics-rollup",
+            )
+        )
+    log.log(
+        logging.WARNING if transport.security is Security.PLAINTEXT else logging.INFO,
+        "serving gRPC on %s:%d over %s",
         config.grpc_host,
         port,
-        extra={"action": "service.started", "port": port, "gateways": sorted(gateways)},
+        transport.describe(),
+        extra={
+            "action": "service.started",
+            "port": port,
+            "transport": transport.security.value,
+            "gateways": sorted(gateways),
+        },
     )
     return service
 

@@ -57,3 +57,50 @@ UPDATE refund_event_detail SET lease_owner = NULL, lease_expires_at = NULL
 
 -- name: detail_statuses
 SELECT status FROM refund_event_detail WHERE refund_id = $1;
+
+-- name: record_not_attempted
+-- A new attempt that never reached the gateway, under our lease: given back (the next attempt
+-- has the same number and idempotency key), the detail rescheduled; the lease is released.
+UPDATE refund_event_detail
+   SET status = 'RETRY_SCHEDULED', attempt_count = attempt_count - 1, attempt_open = false,
+       next_retry_date = $3, last_error_code = $4, last_error_message = $5,
+       remaining_retry_count = $6, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+ WHERE detail_id = $1 AND lease_owner = $2
+RETURNING *;
+
+-- name: postpone
+-- A replay or a sync that never reached the gateway, or a sync that learned nothing new: the
+-- detail stays as it is (status, open attempt, gateway refund id) and is looked at again at $3
+-- (NULL: not again); only its last error is replaced.
+UPDATE refund_event_detail
+   SET next_retry_date = $3, last_error_code = $4, last_error_message = $5,
+       lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+ WHERE detail_id = $1 AND lease_owner = $2
+RETURNING *;
+
+-- name: lock_detail
+-- One detail with what recording an outcome needs (the columns of work_item), locked: for an
+-- outcome the gateway reported by webhook, taken after the refund's lock (the billing job's
+-- lock order).
+SELECT d.*, r.status AS refund_status, r.reason, r.currency, p.payment_id,
+       p.gateway_transaction_id, p.metadata, s.max_attempts, s.intervals
+  FROM refund_event_detail d
+  JOIN refund_event r USING (refund_id)
+  JOIN payment p ON p.payment_id = d.original_transaction_id
+  JOIN retry_schedule s ON s.code = d.retry_schedule_code
+ WHERE d.detail_id = $1
+   FOR UPDATE OF d;
+
+-- name: apply_outcome
+-- An outcome the gateway reported by webhook. No lease is needed: the caller holds the row
+-- lock and checked the transition. A worker's lease on the detail ends here, so the worker's
+-- own record of an older answer finds its lease lost and changes nothing.
+UPDATE refund_event_detail
+   SET status = $2, gateway_refund_id = CASE WHEN $3 = '' THEN gateway_refund_id ELSE $3 END,
+       attempt_open = $4, next_retry_date = $5, last_error_code = $6, last_error_message = $7,
+       remaining_retry_count = $8, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+ WHERE detail_id = $1
+RETURNING *;
+
+-- name: detail_statuses_by_id
+SELECT detail_id, status FROM refund_event_detail WHERE refund_id = $1;

@@ -115,10 +115,13 @@ SELECT * FROM retry_plan
 -- name: claim_due
 -- Lease due plans; SKIP LOCKED lets any number of workers share them. A plan whose worker
 -- died (lease expired) is due again and its open attempt is replayed with the same key.
+-- Only plans of the gateways this worker can call now ($5): a gateway that is not configured
+-- here, or whose circuit breaker is open, keeps its due work scheduled and untouched.
 WITH due AS (
     SELECT plan_id FROM retry_plan
      WHERE status = 'ACTIVE' AND next_attempt_at <= $1
        AND (lease_expires_at IS NULL OR lease_expires_at < now())
+       AND gateway = ANY($5::text[])
      ORDER BY next_attempt_at
      LIMIT $2
        FOR UPDATE SKIP LOCKED

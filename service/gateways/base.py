@@ -25,7 +25,7 @@ from typing import Protocol
 from service.domain.money import Money
 
 # Every gateway this service can talk to; a replica enables those it has credentials for.
-GATEWAYS = ("sandbox", "stripe")
+GATEWAYS = ("sandbox", "stripe", "adyen")
 
 
 class OutcomeKind(StrEnum):
@@ -145,7 +145,9 @@ class Gateway(Protocol):
         ...
 
     async def fetch_refund(self, gateway_refund_id: str, request: RefundRequest) -> RefundOutcome:
-        """The current state of a refund the gateway reported as pending."""
+        """The current state of a refund the gateway reported as pending. A gateway that cannot
+        read one answers PENDING and says so with ``reads_refunds = False`` (see
+        :func:`reads_refunds`)."""
         ...
 
     async def close(self) -> None: ...
@@ -159,3 +161,21 @@ class ChargingGateway(Gateway, Protocol):
         ``request.gateway_charge_id`` is set, read that charge's current state (never creating
         a charge, never NOT_ATTEMPTED: a failure to read is UNKNOWN)."""
         ...
+
+
+def accepting_calls(gateway: object) -> bool:
+    """Whether ``gateway`` takes calls now: False while a wrapper says it would refuse them
+    without trying (a circuit breaker in its cool-down). The billing jobs then leave that
+    gateway's due work scheduled instead of claiming it."""
+    check = getattr(gateway, "accepting_calls", None)
+    return True if check is None else bool(check())
+
+
+def reads_refunds(gateway: object) -> bool:
+    """Whether ``fetch_refund`` of ``gateway`` can learn a refund's state: an optional
+    ``reads_refunds`` attribute, True when absent. False for a gateway that only reports a
+    refund's outcome by webhook (Adyen: its Checkout API has no call that reads a refund, so
+    ``fetch_refund`` answers PENDING without asking). The billing job then does not sync such a
+    refund on a schedule: it waits for the notification and flags the refund for a person when
+    none came in time. Wrappers (circuit breaker, stored notifications) pass it through."""
+    return bool(getattr(gateway, "reads_refunds", True))

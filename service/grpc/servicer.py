@@ -13,6 +13,7 @@ import grpc
 from google.protobuf.message import Message
 
 from refundretry.v1 import (
+    analytics_pb2,
     dunning_pb2,
     events_pb2,
     refund_pb2,
@@ -28,6 +29,7 @@ from refundretry.v1 import (
 )
 from repository.database import Database
 from service import (
+    analytics,
     audit,
     changes,
     convert,
@@ -56,6 +58,7 @@ from service.domain.retry_schedule import (
 )
 from service.domain.retry_timing import AllowedHours
 from service.errors import InvalidArgument, Unavailable
+from service.grpc.caller import principal_of
 from service.grpc.errors import abort
 from service.jobs.billing_job import BillingJob, JobRequest, run_once
 from service.jobs.retry_job import RetryJob
@@ -81,11 +84,7 @@ def rpc(role: Role) -> Callable[[Impl[Req, Resp]], Handler[Req, Resp]]:
         async def handler(self: RefundRetryServicer, request: Req, context: Context) -> Resp:
             started = time.perf_counter()
             try:
-                metadata = dict(context.invocation_metadata() or ())
-                authorization = metadata.get("authorization")
-                principal = self.tokens.authenticate(
-                    authorization if isinstance(authorization, str) else None
-                )
+                principal = principal_of(self.tokens, context)
                 principal.require(role)
                 return await impl(self, request, principal)
             except Exception as exc:  # mapped to a status; never a stack trace on the wire
@@ -238,12 +237,14 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
         billing_job: BillingJob,
         retry_job: RetryJob,
         feed: EventFeed | None = None,
+        analytics_zones: tuple[str, ...] = ("UTC",),
     ) -> None:
         self.db = db
         self.tokens = tokens
         self.billing_job = billing_job
         self.retry_job = retry_job
         self.feed = feed
+        self.analytics_zones = analytics_zones  # the zones the roll-ups are kept for
 
     # -- payments ---------------------------------------------------------------------------
 
@@ -457,6 +458,7 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
                     exhausted=summary.payment_retries.exhausted,
                     blocked_by_rules=summary.payment_retries.blocked_by_rules,
                     outcomes_unknown=summary.payment_retries.unknown,
+                    not_attempted=summary.payment_retries.not_attempted,
                     errors=summary.payment_retries.errors,
                     dunning_steps=summary.payment_retries.dunning_steps,
                 ),
@@ -700,6 +702,15 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
             ],
         )
 
+    @rpc(Role.READ)
+    async def GetRecoveryMetrics(
+        self, request: analytics_pb2.GetRecoveryMetricsRequest, principal: Principal
+    ) -> analytics_pb2.GetRecoveryMetricsResponse:
+        metrics = await analytics.recovery_metrics(
+            self.db, analytics.query_of(request), zones=self.analytics_zones
+        )
+        return analytics.response_message(metrics)
+
     # -- events -----------------------------------------------------------------------------
 
     async def WatchEvents(
@@ -708,11 +719,7 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
         """Server streaming, so not through ``rpc``: the same authentication and error
         mapping, around a generator."""
         try:
-            metadata = dict(context.invocation_metadata() or ())
-            authorization = metadata.get("authorization")
-            principal = self.tokens.authenticate(
-                authorization if isinstance(authorization, str) else None
-            )
+            principal = principal_of(self.tokens, context)
             principal.require(Role.READ)
             query = watch.parse_request(
                 event_types=list(request.event_types),

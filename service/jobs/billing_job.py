@@ -15,6 +15,20 @@ the network:
 A worker that dies between the call and the record leaves the attempt open; once its lease
 expires another worker replays the same attempt with the same key, so the gateway moves the
 money once.
+
+A call that never reached the gateway (NOT_ATTEMPTED: it was down, or its circuit breaker is
+open) fails nothing and uses up no attempt: a new attempt is given back, a replay or a sync stays
+as it was, and the detail is looked at again soon. An outcome the gateway reports by itself (a
+webhook) is recorded by the same steps as the job's own (:meth:`BillingJob.apply_reported_outcome`).
+
+A sync of a refund pending at the gateway that learns nothing new (still pending, nothing
+changed) only moves the detail's next check: no event, no audit row. A gateway that cannot read
+a refund (``reads_refunds`` False: Adyen, whose outcomes only arrive by webhook) is not synced on
+a schedule: the job reads once more, soon after the refund's id is stored (a stored notification
+that outran the gateway's answer), then waits for the notification until
+``refund_notification_timeout`` after the attempt started, when the detail becomes
+REQUIRES_ACTION (``notification_overdue``) for a person and is checked no more; a notification
+that comes later still settles it (REQUIRES_ACTION -> SUCCEEDED / FAILED).
 """
 
 from __future__ import annotations
@@ -44,10 +58,18 @@ from service.domain.refund_states import (
     DetailStatus,
     RefundStatus,
     aggregate_status,
+    check_detail_transition,
     check_refund_transition,
 )
 from service.domain.retry_schedule import RetrySchedule
-from service.gateways.base import Gateway, OutcomeKind, RefundOutcome, RefundRequest
+from service.errors import IllegalTransition
+from service.gateways.base import (
+    Gateway,
+    OutcomeKind,
+    RefundOutcome,
+    RefundRequest,
+    reads_refunds,
+)
 from service.jobs.retry_job import RetryJob, RetrySummary
 
 log = logging.getLogger(__name__)
@@ -57,6 +79,10 @@ NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 # whose outcome is unknown after that could move money twice, so before then the detail goes to
 # REQUIRES_ACTION for a person to check the gateway.
 UNKNOWN_GIVE_UP_AFTER = timedelta(hours=20)
+# How long a refund at a gateway that cannot read refunds waits for its outcome notification
+# before a person is asked to look (REFUND_NOTIFICATION_TIMEOUT_SECONDS).
+REFUND_NOTIFICATION_TIMEOUT = timedelta(hours=48)
+NOTIFICATION_OVERDUE = "notification_overdue"
 TRANSIENT_DB_RETRIES = 3
 
 
@@ -80,6 +106,8 @@ class JobSummary:
     unknown: int = 0
     lease_lost: int = 0
     errors: int = 0
+    # Replays and syncs that never reached the gateway (e.g. its circuit breaker was open).
+    not_attempted: int = 0
     elapsed: timedelta = field(default_factory=timedelta)
     payment_retries: RetrySummary = field(default_factory=RetrySummary)
 
@@ -93,6 +121,7 @@ class JobSummary:
             "unknown": "unknown",
             "lease_lost": "lease_lost",
             "error": "errors",
+            "not_attempted": "not_attempted",
         }[status]
         setattr(self, attribute, getattr(self, attribute) + 1)
 
@@ -106,6 +135,27 @@ def idempotency_key(detail_id: uuid.UUID, attempt: int) -> str:
     return f"refund-{detail_id}-attempt-{attempt}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """What an outcome does to its detail: the new status, the result (a ``JobSummary`` key,
+    and which event is recorded), when the detail is looked at next, whether the attempt stays
+    open (replayed with its key)."""
+
+    status: DetailStatus
+    result: str
+    next_retry: datetime | None = None
+    attempt_open: bool = False
+
+
+def _schedule_of(item: asyncpg.Record) -> RetrySchedule:
+    """The detail's retry schedule, from a row with its schedule's columns."""
+    return RetrySchedule(
+        item["retry_schedule_code"],
+        tuple(timedelta(seconds=s) for s in item["intervals"]),
+        item["max_attempts"],
+    )
+
+
 class BillingJob:
     def __init__(
         self,
@@ -117,6 +167,7 @@ class BillingJob:
         pending_sync_interval: timedelta = timedelta(seconds=60),
         unknown_replay_delay: timedelta = timedelta(seconds=30),
         unknown_give_up_after: timedelta = UNKNOWN_GIVE_UP_AFTER,
+        refund_notification_timeout: timedelta = REFUND_NOTIFICATION_TIMEOUT,
         concurrency: int = 16,
         after_gateway_call: AfterGatewayCall | None = None,
         retry_job: RetryJob | None = None,
@@ -128,6 +179,7 @@ class BillingJob:
         self._pending_sync = pending_sync_interval
         self._unknown_replay = unknown_replay_delay
         self._unknown_give_up = unknown_give_up_after
+        self._notification_timeout = refund_notification_timeout
         self._concurrency = asyncio.Semaphore(concurrency)
         self._after_gateway_call = after_gateway_call
         self.retry_job = retry_job
@@ -199,7 +251,8 @@ class BillingJob:
             if item is None:
                 return "lease_lost"
             status = D(item["status"])
-            if status in (D.PENDING, D.RETRY_SCHEDULED):
+            fresh = status in (D.PENDING, D.RETRY_SCHEDULED)
+            if fresh:
                 started = await queue.start_attempt(conn, detail_id, self.worker_id)
                 if started is None:  # canceled meanwhile
                     await queue.release_lease(conn, detail_id, self.worker_id)
@@ -223,15 +276,18 @@ class BillingJob:
         outcome = await self._call(gateway, request, item["gateway_refund_id"], fetch)
         if self._after_gateway_call is not None:
             await self._after_gateway_call(request, outcome)
-        schedule = RetrySchedule(
-            item["retry_schedule_code"],
-            tuple(timedelta(seconds=s) for s in item["intervals"]),
-            item["max_attempts"],
-        )
-        if (
-            outcome.kind is OutcomeKind.UNKNOWN
-            and datetime.now(UTC) - started_at > self._unknown_give_up
-        ):
+        schedule = _schedule_of(item)
+        if outcome.kind is OutcomeKind.NOT_ATTEMPTED and outcome.retryable:
+            return await self._record_not_attempted(
+                detail_id, item["refund_id"], attempt, outcome, schedule, fresh=fresh
+            )
+        now = datetime.now(UTC)
+        reads = reads_refunds(gateway)
+        deadline = started_at + self._notification_timeout
+        if fetch and not reads and outcome.kind is OutcomeKind.PENDING:
+            # The gateway cannot read the refund, and no notification is stored.
+            return await self._await_notification(item, request, started_at, deadline, now)
+        if outcome.kind is OutcomeKind.UNKNOWN and now - started_at > self._unknown_give_up:
             outcome = RefundOutcome(
                 OutcomeKind.REQUIRES_ACTION,
                 error_code="outcome_unknown",
@@ -241,7 +297,86 @@ class BillingJob:
                     f"gateway before retrying ({outcome.error_message})"
                 ),
             )
-        return await self._record_outcome(detail_id, item["refund_id"], attempt, outcome, schedule)
+        step = self._step(outcome, attempt, schedule, now, reads=reads, deadline=deadline)
+        if fetch and _learned_nothing(item, outcome, step):
+            return await self._postpone_quietly(detail_id, step, outcome)
+        return await self._record_outcome(
+            detail_id, item["refund_id"], attempt, outcome, schedule, step
+        )
+
+    async def _await_notification(
+        self,
+        item: asyncpg.Record,
+        request: RefundRequest,
+        started_at: datetime,
+        deadline: datetime,
+        now: datetime,
+    ) -> str:
+        """A check of a refund at a gateway that cannot read it, with no notification stored:
+        nothing learned.
+
+        Before ``deadline`` (``refund_notification_timeout`` after the attempt started) nothing
+        is recorded and the next check is the deadline. At it, the detail becomes REQUIRES_ACTION
+        (``notification_overdue``) with no further check, recorded as any outcome is (event,
+        audit row, the refund's status); the notification, whenever it comes, settles it through
+        the webhook. The check scheduled at the deadline is the deadline even when a run reaches
+        it early (``JobRequest.end`` later than now), as any due work is. A detail that needs a
+        person already keeps its reason and is not checked again."""
+        detail_id = item["detail_id"]
+        if item["status"] == D.REQUIRES_ACTION:
+            kept = RefundOutcome(
+                OutcomeKind.REQUIRES_ACTION,
+                error_code=item["last_error_code"],
+                error_message=item["last_error_message"],
+            )
+            return await self._postpone_quietly(
+                detail_id, _Step(D.REQUIRES_ACTION, "requires_action"), kept
+            )
+        if max(now, item["next_retry_date"] or now) < deadline:
+            return await self._postpone_quietly(
+                detail_id,
+                _Step(D.PROCESSING, "pending", deadline),
+                RefundOutcome(OutcomeKind.PENDING),
+            )
+        gateway, reference = item["gateway"], item["gateway_refund_id"]
+        overdue = RefundOutcome(
+            OutcomeKind.REQUIRES_ACTION,
+            reference,
+            error_code=NOTIFICATION_OVERDUE,
+            error_message=(
+                f"no outcome notification from {gateway} for its refund {reference} (our "
+                f"reference {request.idempotency_key}) within "
+                f"{self._notification_timeout.total_seconds():.0f} s of attempt "
+                f"{request.attempt}, started {started_at.isoformat()}: look the refund up at "
+                f"{gateway} and check that its webhooks reach this service; a notification "
+                "that arrives later still settles the refund"
+            ),
+        )
+        return await self._record_outcome(
+            detail_id,
+            item["refund_id"],
+            request.attempt,
+            overdue,
+            _schedule_of(item),
+            _Step(D.REQUIRES_ACTION, "requires_action"),  # checked no more
+        )
+
+    async def _postpone_quietly(
+        self, detail_id: uuid.UUID, step: _Step, outcome: RefundOutcome
+    ) -> str:
+        """A sync that learned nothing new: only the next check moves (and the last error, e.g.
+        a breaker's refusal of the previous sync, is replaced by this answer's). No event, no
+        audit row: nothing a reader of either could notice changed."""
+        async with self._db.connection() as conn:
+            postponed = await queue.postpone(
+                conn,
+                detail_id,
+                self.worker_id,
+                next_retry=step.next_retry,
+                error_code=outcome.error_code,
+                error_message=outcome.error_message,
+            )
+        return step.result if postponed is not None else self._lease_lost(detail_id)
 
     async def _call(
         self, gateway: Gateway | None, request: RefundRequest, refund_id: str, fetch: bool
@@ -294,6 +429,41 @@ class BillingJob:
             event_payload=events_pb2.RefundProcessing(refund=convert.refund(row)),
         )
 
+    def _step(
+        self,
+        outcome: RefundOutcome,
+        attempt: int,
+        schedule: RetrySchedule,
+        now: datetime,
+        *,
+        reads: bool = True,
+        deadline: datetime | None = None,
+    ) -> _Step:
+        """What ``outcome`` of attempt number ``attempt`` does to its detail. ``reads``: whether
+        its gateway can read a refund (else a sync learns nothing; ``deadline`` is when its
+        notification is overdue)."""
+        if outcome.kind is OutcomeKind.SUCCEEDED:
+            return _Step(D.SUCCEEDED, "succeeded")
+        if outcome.kind is OutcomeKind.PENDING:
+            if reads or deadline is None:
+                return _Step(D.PROCESSING, "pending", now + self._pending_sync)
+            # Not synced on a schedule: one look soon, for a notification that outran the
+            # gateway's answer (stored before the refund's id was), then the deadline.
+            return _Step(D.PROCESSING, "pending", min(now + self._pending_sync, deadline))
+        if outcome.kind is OutcomeKind.REQUIRES_ACTION:
+            # With a gateway refund id a gateway that can be asked will finish it: keep
+            # syncing. One that cannot be asked would only answer "pending": its notification
+            # or a person settles it.
+            sync = now + self._pending_sync if outcome.gateway_refund_id and reads else None
+            return _Step(D.REQUIRES_ACTION, "requires_action", sync)
+        if outcome.kind is OutcomeKind.UNKNOWN:
+            return _Step(D.PROCESSING, "unknown", now + self._unknown_replay, attempt_open=True)
+        if outcome.retryable:
+            next_retry = schedule.next_retry(attempt, now)
+            if next_retry is not None:
+                return _Step(D.RETRY_SCHEDULED, "retry", next_retry)
+        return _Step(D.FAILED, "failed")
+
     async def _record_outcome(
         self,
         detail_id: uuid.UUID,
@@ -301,26 +471,8 @@ class BillingJob:
         attempt: int,
         outcome: RefundOutcome,
         schedule: RetrySchedule,
+        step: _Step,
     ) -> str:
-        now = datetime.now(UTC)
-        next_retry: datetime | None = None
-        attempt_open = False
-        if outcome.kind is OutcomeKind.SUCCEEDED:
-            status, result = D.SUCCEEDED, "succeeded"
-        elif outcome.kind is OutcomeKind.PENDING:
-            status, result, next_retry = D.PROCESSING, "pending", now + self._pending_sync
-        elif outcome.kind is OutcomeKind.REQUIRES_ACTION:
-            status, result = D.REQUIRES_ACTION, "requires_action"
-            if outcome.gateway_refund_id:  # the gateway will finish it: keep syncing
-                next_retry = now + self._pending_sync
-        elif outcome.kind is OutcomeKind.UNKNOWN:
-            status, result, attempt_open = D.PROCESSING, "unknown", True
-            next_retry = now + self._unknown_replay
-        elif outcome.retryable:
-            next_retry = schedule.next_retry(attempt, now)
-            status, result = (D.RETRY_SCHEDULED, "retry") if next_retry else (D.FAILED, "failed")
-        else:
-            status, result = D.FAILED, "failed"
         async with self._db.transaction() as conn:
             refund = await refunds.lock(conn, refund_id)
             assert refund is not None
@@ -328,37 +480,163 @@ class BillingJob:
                 conn,
                 detail_id,
                 self.worker_id,
-                status=status,
+                status=step.status,
                 gateway_refund_id=outcome.gateway_refund_id,
-                attempt_open=attempt_open,
-                next_retry=next_retry,
+                attempt_open=step.attempt_open,
+                next_retry=step.next_retry,
                 error_code=outcome.error_code,
                 error_message=outcome.error_message,
                 remaining_retries=schedule.remaining_after(attempt),
             )
             if detail is None:
-                log.warning(
-                    "lease on refund detail %s was lost before its outcome was recorded; "
-                    "its next holder replays the attempt with the same key",
+                return self._lease_lost(detail_id)
+            await self._settle(conn, refund, detail, step, outcome, actor=SYSTEM.name, data={})
+        return step.result
+
+    async def _record_not_attempted(
+        self,
+        detail_id: uuid.UUID,
+        refund_id: uuid.UUID,
+        attempt: int,
+        outcome: RefundOutcome,
+        schedule: RetrySchedule,
+        *,
+        fresh: bool,
+    ) -> str:
+        """The call never reached the gateway (it was down, rate limited, not configured here,
+        or its circuit breaker is open): nothing happened there, so nothing is failed and no
+        attempt is used up; the detail is looked at again after UNKNOWN_REPLAY_SECONDS.
+
+        A new attempt is given back: RETRY_SCHEDULED with the attempt count it had, so the next
+        try has the same number and idempotency key. A replayed attempt or a sync of a refund
+        pending at the gateway stays exactly as it was (open attempt, gateway refund id): the
+        replay may have reached the gateway before, and a new attempt with a new key could
+        then move the money twice."""
+        next_retry = datetime.now(UTC) + self._unknown_replay
+        async with self._db.transaction() as conn:
+            if not fresh:
+                postponed = await queue.postpone(
+                    conn,
                     detail_id,
-                    extra={"action": "billing_job.lease_lost", "detail_id": str(detail_id)},
+                    self.worker_id,
+                    next_retry=next_retry,
+                    error_code=outcome.error_code,
+                    error_message=outcome.error_message,
                 )
-                return "lease_lost"
-            current = R(refund["status"])
-            target = aggregate_status(D(s) for s in await queue.detail_statuses(conn, refund_id))
+                return "not_attempted" if postponed is not None else self._lease_lost(detail_id)
+            refund = await refunds.lock(conn, refund_id)
+            assert refund is not None
+            detail = await queue.record_not_attempted(
+                conn,
+                detail_id,
+                self.worker_id,
+                next_retry=next_retry,
+                error_code=outcome.error_code,
+                error_message=outcome.error_message,
+                remaining_retries=schedule.remaining_after(max(attempt - 1, 1)),
+            )
+            if detail is None:
+                return self._lease_lost(detail_id)
+            step = _Step(D.RETRY_SCHEDULED, "retry", next_retry)
+            data: dict[str, object] = {"attempt": attempt, "attempt_given_back": True}
+            await self._settle(conn, refund, detail, step, outcome, actor=SYSTEM.name, data=data)
+        return "retry"
+
+    async def apply_reported_outcome(
+        self,
+        conn: Connection,
+        detail_id: uuid.UUID,
+        refund_id: uuid.UUID,
+        outcome: RefundOutcome,
+        *,
+        actor: str,
+        data: dict[str, object],
+    ) -> str | None:
+        """Record an outcome the gateway reported by itself (a webhook) for the detail's current
+        attempt, in the caller's transaction: the same steps as the job's own record (detail,
+        refund status, payment balances, ledger journal, event and audit row), without a lease.
+
+        The state machine decides (``refund_states``): an outcome the detail or the refund may
+        not move to — an event older than what is recorded, e.g. a failure after a success —
+        changes nothing and returns None. Locks the refund, then the detail, the job's order.
+        ``outcome`` is final or needs a person: SUCCEEDED, DECLINED or REQUIRES_ACTION."""
+        if outcome.kind not in (
+            OutcomeKind.SUCCEEDED,
+            OutcomeKind.DECLINED,
+            OutcomeKind.REQUIRES_ACTION,
+        ):
+            raise ValueError(f"a reported outcome is final or needs a person, not {outcome.kind}")
+        refund = await refunds.lock(conn, refund_id)
+        detail = await queue.lock_detail(conn, detail_id)
+        if refund is None or detail is None:
+            return None
+        schedule = _schedule_of(detail)
+        attempt = detail["attempt_count"]
+        reads = reads_refunds(self._gateways.get(detail["gateway"]))
+        step = self._step(outcome, attempt, schedule, datetime.now(UTC), reads=reads)
+        statuses = await queue.detail_statuses_by_id(conn, refund_id)
+        statuses[detail_id] = step.status
+        current = R(refund["status"])
+        target = aggregate_status(D(s) for s in statuses.values())
+        try:
+            check_detail_transition(D(detail["status"]), step.status)
             if target is not current:
                 check_refund_transition(current, target)
-                await refunds.set_status(conn, refund_id, target, [current])
-                if target is R.SUCCEEDED:
-                    await payments.settle(conn, refund["payment_id"], refund_id, refund["amount"])
-                elif target is R.FAILED:
-                    await payments.release(conn, refund["payment_id"], refund_id, refund["amount"])
-            row = await refunds.view(conn, refund_id)
-            assert row is not None
-            if target is R.SUCCEEDED and current is not R.SUCCEEDED:
-                await self._post_journal(conn, row)
-            await self._record_event(conn, row, detail, result, outcome, next_retry)
-        return result
+        except IllegalTransition:
+            return None
+        recorded = await queue.apply_outcome(
+            conn,
+            detail_id,
+            status=step.status,
+            gateway_refund_id=outcome.gateway_refund_id,
+            attempt_open=step.attempt_open,
+            next_retry=step.next_retry,
+            error_code=outcome.error_code,
+            error_message=outcome.error_message,
+            remaining_retries=schedule.remaining_after(attempt),
+        )
+        await self._settle(conn, refund, recorded, step, outcome, actor=actor, data=data)
+        return step.result
+
+    def _lease_lost(self, detail_id: uuid.UUID) -> str:
+        log.warning(
+            "lease on refund detail %s was lost before its outcome was recorded; "
+            "its next holder replays the attempt with the same key",
+            detail_id,
+            extra={"action": "billing_job.lease_lost", "detail_id": str(detail_id)},
+        )
+        return "lease_lost"
+
+    async def _settle(
+        self,
+        conn: Connection,
+        refund: asyncpg.Record,
+        detail: asyncpg.Record,
+        step: _Step,
+        outcome: RefundOutcome,
+        *,
+        actor: str,
+        data: dict[str, object],
+    ) -> None:
+        """After a detail's outcome is written: the refund's aggregated status, the payment's
+        balances, the ledger journal of a refund that succeeded, the event and audit row."""
+        refund_id = refund["refund_id"]
+        current = R(refund["status"])
+        target = aggregate_status(D(s) for s in await queue.detail_statuses(conn, refund_id))
+        if target is not current:
+            check_refund_transition(current, target)
+            await refunds.set_status(conn, refund_id, target, [current])
+            if target is R.SUCCEEDED:
+                await payments.settle(conn, refund["payment_id"], refund_id, refund["amount"])
+            elif target is R.FAILED:
+                await payments.release(conn, refund["payment_id"], refund_id, refund["amount"])
+        row = await refunds.view(conn, refund_id)
+        assert row is not None
+        if target is R.SUCCEEDED and current is not R.SUCCEEDED:
+            await self._post_journal(conn, row)
+        await self._record_event(
+            conn, row, detail, step.result, outcome, step.next_retry, actor=actor, extra=data
+        )
 
     async def _post_journal(self, conn: Connection, row: asyncpg.Record) -> None:
         net = sum(i["amount"] for i in row["items"])
@@ -386,6 +664,9 @@ class BillingJob:
         result: str,
         outcome: RefundOutcome,
         next_retry: datetime | None,
+        *,
+        actor: str,
+        extra: dict[str, object],
     ) -> None:
         snapshot = convert.refund(row)
         detail_id = str(detail["detail_id"])
@@ -395,6 +676,7 @@ class BillingJob:
             "outcome": outcome.kind.value,
             "error_code": outcome.error_code,
             "gateway_refund_id": detail["gateway_refund_id"],
+            **extra,
         }
         action: str
         field_name: str
@@ -434,7 +716,7 @@ class BillingJob:
             payload = events_pb2.RefundProcessing(refund=snapshot)
         await changes.record(
             conn,
-            actor=SYSTEM.name,
+            actor=actor,
             action=action,
             entity_type="refund",
             entity_id=str(row["refund_id"]),
@@ -442,6 +724,18 @@ class BillingJob:
             event_field=field_name,
             event_payload=payload,
         )
+
+
+def _learned_nothing(item: asyncpg.Record, outcome: RefundOutcome, step: _Step) -> bool:
+    """Whether a sync's answer changes nothing recorded about the detail ``item``: the same
+    status, the same gateway refund id, the attempt still closed and, for a detail that needs a
+    person, the same reason (error code)."""
+    return (
+        step.status == item["status"]
+        and step.attempt_open == item["attempt_open"]
+        and outcome.gateway_refund_id in ("", item["gateway_refund_id"])
+        and (step.status is not D.REQUIRES_ACTION or outcome.error_code == item["last_error_code"])
+    )
 
 
 async def run_once(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -41,7 +42,13 @@ from service.domain.money import Money
 from service.domain.network_rules import check_attempt
 from service.domain.retry_plan import Action, Decision, Method, PlanStatus, check_plan_transition
 from service.errors import FailedPrecondition, NotFound, Unavailable
-from service.gateways.base import ChargeOutcome, ChargeRequest, ChargingGateway, OutcomeKind
+from service.gateways.base import (
+    ChargeOutcome,
+    ChargeRequest,
+    ChargingGateway,
+    OutcomeKind,
+    accepting_calls,
+)
 from service.retries import (
     CardHistories,
     RetryContext,
@@ -79,6 +86,7 @@ class RetrySummary:
     exhausted: int = 0
     blocked_by_rules: int = 0
     unknown: int = 0
+    not_attempted: int = 0  # the gateway could not be reached: tried again shortly
     lease_lost: int = 0
     errors: int = 0
     dunning_steps: int = 0
@@ -97,6 +105,7 @@ class _Attempt:
     gateway: str
     retry_of_class: str
     started_at: datetime
+    replayed: bool  # an attempt opened before (a worker died, or its outcome is unknown)
     outcome: ChargeOutcome | None = None
 
 
@@ -145,6 +154,9 @@ class RetryJob:
     async def run(self, *, due_by: datetime | None = None, limit: int = 500) -> RetrySummary:
         await self.refresh_stats_if_old()
         summary = RetrySummary()
+        # Due work of a gateway this worker cannot call now (not configured here, or its
+        # circuit breaker open) stays scheduled and untouched.
+        usable = [name for name, g in self._gateways.items() if accepting_calls(g)]
         async with self._db.connection() as conn:
             claimed = await plans.claim_due(
                 conn,
@@ -152,6 +164,7 @@ class RetryJob:
                 limit=limit,
                 worker=self.worker_id,
                 lease_seconds=self._lease.total_seconds(),
+                gateways=usable,
             )
         summary.claimed = len(claimed)
         parts = [claimed[i : i + self._chunk] for i in range(0, len(claimed), self._chunk)]
@@ -178,6 +191,14 @@ class RetryJob:
                 raise FailedPrecondition(f"retry plan {plan_id} is {plan['status']}")
             if plan["lease_expires_at"] is not None and plan["lease_expires_at"] > now:
                 raise FailedPrecondition("an attempt of this plan is already running")
+            gateway = self._gateways.get(plan["gateway"])
+            if gateway is None:
+                raise FailedPrecondition(f"gateway {plan['gateway']} is not configured here")
+            if not accepting_calls(gateway):
+                raise Unavailable(
+                    f"gateway {plan['gateway']} is failing and its circuit breaker is open: "
+                    "try again later (the plan's scheduled attempts wait for it too)"
+                )
             methods = await plan_methods(conn, plan_id)
             method = methods[plan["method_index"]]
             violation = check_attempt(
@@ -301,6 +322,11 @@ class RetryJob:
                 outcome = ChargeOutcome(
                     OutcomeKind.UNKNOWN, message=f"{type(exc).__name__}", retryable=True
                 )
+        if attempt.replayed and outcome.kind is OutcomeKind.NOT_ATTEMPTED:
+            # This call did not reach the gateway, but an earlier one with the same key may
+            # have: the attempt stays open (unknown) and is replayed with its key again, so
+            # the customer is never charged under a second key.
+            outcome = dataclasses.replace(outcome, kind=OutcomeKind.UNKNOWN, retryable=True)
         attempt.outcome = outcome
         if self._after_charge is not None:
             await self._after_charge(attempt.request, outcome)
@@ -337,6 +363,7 @@ class RetryJob:
                     number, method_id = fact["attempt_number"], fact["payment_method_id"]
                     attempt_id, retry_of = fact["open_attempt_id"], fact["retry_of_class"]
                     started_at, charge_id = fact["attempted_at"], fact["gateway_charge_id"]
+                    replayed = True
                 else:
                     wallet = wallets[plan_id]
                     method = wallet[plan["method_index"]]
@@ -368,6 +395,7 @@ class RetryJob:
                     number = fact["next_number"] if fact is not None else 1
                     retry_of = fact["last_class"] if fact is not None else ""
                     method_id, started_at, charge_id = method.payment_method_id, now, ""
+                    replayed = False
                     hour, day, days = slot_of(
                         now, ZoneInfo(plan["time_zone"]), plan["first_failed_at"]
                     )
@@ -400,7 +428,15 @@ class RetryJob:
                     gateway_charge_id=charge_id,
                 )
                 opened.append(
-                    _Attempt(plan_id, attempt_id, request, plan["gateway"], retry_of, started_at)
+                    _Attempt(
+                        plan_id,
+                        attempt_id,
+                        request,
+                        plan["gateway"],
+                        retry_of,
+                        started_at,
+                        replayed=replayed,
+                    )
                 )
             if new:
                 ids = dict(
@@ -549,6 +585,17 @@ class RetryJob:
             check_plan_transition(PlanStatus(status), PlanStatus.RECOVERED)
             move(PlanStatus.RECOVERED.value, f"attempt {number} succeeded", None)
             w.results[plan_id] = "recovered"
+            return
+        if outcome.kind is OutcomeKind.NOT_ATTEMPTED and outcome.retryable:
+            # Nothing reached the gateway (unreachable, rate limited, our key refused): the
+            # attempt is given back and tried again shortly, at the plan's current decision,
+            # instead of being pushed to the schedule's next slot for a passing outage. A
+            # longer outage opens the gateway's circuit breaker, and the job then leaves the
+            # plan alone until it closes.
+            move(
+                status, reason, now + self._unknown_replay, attempt_count=plan["attempt_count"] - 1
+            )
+            w.results[plan_id] = "not_attempted"
             return
         decline, classification = _declined(outcome)
         # NOT_ATTEMPTED never reached the issuer: it does not use up an attempt.

@@ -40,7 +40,10 @@ def test_config(database_url: str, **overrides: str) -> Config:
         "REFUND_RETRY_DATABASE_URL": database_url,
         "REFUND_RETRY_GRPC_HOST": "127.0.0.1",
         "REFUND_RETRY_GRPC_PORT": "0",
+        "REFUND_RETRY_HTTP_HOST": "127.0.0.1",
+        "REFUND_RETRY_HTTP_PORT": "0",
         "REFUND_RETRY_TOKENS": json.dumps(TOKENS),
+        "REFUND_RETRY_PLAINTEXT": "true",  # test_tls.py serves TLS
         "REFUND_RETRY_SHUTDOWN_GRACE_SECONDS": "2",
         "REFUND_RETRY_DB_POOL_SIZE": "20",
         # Off unless a test turns them on with its own vhost (conftest_rabbitmq.py):

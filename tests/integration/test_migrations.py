@@ -60,6 +60,8 @@ async def test_migrate_applies_every_migration_once(empty_database: str) -> None
         (3, "dunning"),
         (4, "outbox_relay"),
         (5, "inbox"),
+        (6, "webhooks"),
+        (7, "analytics"),
     ]
     assert [(v, n) for v, n, _ in migrations()] == rows
 

@@ -292,18 +292,21 @@ async def test_stripe_unreachable_does_not_use_up_an_attempt(
 
     plan_id, ran_at, summary = await unreachable_attempt(client, db, gateway)
 
-    assert (summary.claimed, summary.rescheduled, summary.errors) == (1, 1, 0)
+    assert (summary.claimed, summary.not_attempted, summary.errors) == (1, 1, 0)
+    assert summary.rescheduled == 0
     assert stripe_server.requests == []
     plan = await plan_of(client, plan_id)
     assert plan.status == PS.RETRY_PLAN_STATUS_ACTIVE
     assert plan.attempts[-1].outcome == AO.ATTEMPT_OUTCOME_NOT_ATTEMPTED
     assert plan.attempt_count == 1  # only the original failure counts
-    decision = plan.decisions[-1]
-    assert decision.action == DA.DECISION_ACTION_RETRY
-    assert decision.data["attempts_made"] == 1
-    # The same (first) interval again, not the second one: soon.
+    # No new decision: a passing outage does not push the plan to the schedule's next slot;
+    # the attempt is tried again shortly (the unknown-outcome replay delay, 30 s).
+    assert len(plan.decisions) == 1
     due = utc(plan.next_attempt_time)
-    assert timedelta(seconds=55) <= due - ran_at <= timedelta(seconds=61)
+    assert timedelta(seconds=25) <= due - ran_at <= timedelta(seconds=31)
+    (attempted,) = [e for e in await events(db, plan_id) if e.type == "retry.attempted"]
+    assert attempted.retry_attempted.will_retry
+    assert utc(attempted.retry_attempted.next_attempt_time) == due
 
 
 async def test_after_stripe_was_unreachable_the_next_run_charges_and_recovers(

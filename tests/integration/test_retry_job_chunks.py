@@ -4,6 +4,7 @@ hold up the others, and two plans on one card never dodge the networks' rules to
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -135,3 +136,51 @@ async def test_two_plans_on_one_card_are_attempted_one_after_the_other(
     assert summary.exhausted + summary.blocked_by_rules == 2
     statuses = {(await plan_of(client, p)).status for p in (first, second)}
     assert statuses == {PS.RETRY_PLAN_STATUS_EXHAUSTED}
+
+
+class Crash(BaseException):
+    """The worker died after the gateway answered and before the outcome was stored."""
+
+
+async def test_a_replay_that_cannot_reach_the_gateway_keeps_the_attempt_and_its_key(
+    client: Client, db: Database
+) -> None:
+    """A worker died mid-charge; the replay finds the gateway unreachable. The first call may
+    have charged the card, so the attempt stays open (unknown) under its key and the next run
+    replays that key again: never a second key, never a second charge."""
+    plan_id = (await record(client, failure(outcome="succeed", card="pm_once"))).plan.plan_id
+    keys: list[str] = []
+
+    async def die(request: ChargeRequest, outcome: ChargeOutcome) -> None:
+        raise Crash
+
+    with pytest.raises(Crash):
+        await job(client, db, SandboxGateway(), lease=timedelta(seconds=1), after_charge=die).run(
+            due_by=datetime.now(UTC) + DUE
+        )
+    await asyncio.sleep(1.2)  # the dead worker's lease runs out
+
+    def unreachable(request: ChargeRequest) -> ChargeOutcome:
+        keys.append(request.idempotency_key)
+        return ChargeOutcome(OutcomeKind.NOT_ATTEMPTED, message="connect failed", retryable=True)
+
+    summary = await job(client, db, SandboxGateway(charge_decider=unreachable)).run(
+        due_by=datetime.now(UTC) + DUE
+    )
+    assert (summary.unknown, summary.not_attempted) == (1, 0)
+    plan = await plan_of(client, plan_id)
+    assert [a.outcome for a in plan.attempts[1:]] == [AO.ATTEMPT_OUTCOME_UNKNOWN]
+    assert plan.attempt_count == 2  # the attempt may have reached the issuer
+
+    def succeed(request: ChargeRequest) -> ChargeOutcome:
+        keys.append(request.idempotency_key)
+        return ChargeOutcome(OutcomeKind.SUCCEEDED)
+
+    ahead = datetime.now(UTC) + timedelta(minutes=5)
+    assert (
+        await job(client, db, SandboxGateway(charge_decider=succeed)).run(due_by=ahead)
+    ).recovered == 1
+    plan = await plan_of(client, plan_id)
+    assert plan.status == PS.RETRY_PLAN_STATUS_RECOVERED
+    assert len(plan.attempts) == 2
+    assert keys == [f"retry-{plan_id}-attempt-2"] * 2

@@ -6,7 +6,9 @@ isort:skip_file
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from refundretry.v1 import dunning_pb2 as _dunning_pb2
+from refundretry.v1 import money_pb2 as _money_pb2
 from refundretry.v1 import payment_pb2 as _payment_pb2
 from refundretry.v1 import refund_pb2 as _refund_pb2
 from refundretry.v1 import refund_policy_pb2 as _refund_policy_pb2
@@ -22,6 +24,35 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _DisputeStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DisputeStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DisputeStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DISPUTE_STATUS_UNSPECIFIED: _DisputeStatus.ValueType  # 0
+    DISPUTE_STATUS_OPEN: _DisputeStatus.ValueType  # 1
+    """Contested or taken back; not decided."""
+    DISPUTE_STATUS_WON: _DisputeStatus.ValueType  # 2
+    """Decided for the merchant."""
+    DISPUTE_STATUS_LOST: _DisputeStatus.ValueType  # 3
+    """Decided for the cardholder, or accepted."""
+    DISPUTE_STATUS_CLOSED: _DisputeStatus.ValueType  # 4
+    """Ended without a decision (an inquiry closed, a dispute prevented)."""
+
+class DisputeStatus(_DisputeStatus, metaclass=_DisputeStatusEnumTypeWrapper): ...
+
+DISPUTE_STATUS_UNSPECIFIED: DisputeStatus.ValueType  # 0
+DISPUTE_STATUS_OPEN: DisputeStatus.ValueType  # 1
+"""Contested or taken back; not decided."""
+DISPUTE_STATUS_WON: DisputeStatus.ValueType  # 2
+"""Decided for the merchant."""
+DISPUTE_STATUS_LOST: DisputeStatus.ValueType  # 3
+"""Decided for the cardholder, or accepted."""
+DISPUTE_STATUS_CLOSED: DisputeStatus.ValueType  # 4
+"""Ended without a decision (an inquiry closed, a dispute prevented)."""
+Global___DisputeStatus: _TypeAlias = DisputeStatus  # noqa: Y015
 
 @_typing.final
 class Event(_message.Message):
@@ -63,6 +94,7 @@ class Event(_message.Message):
     DUNNING_FINAL_ACTION_FIELD_NUMBER: _builtins.int
     DUNNING_CAMPAIGN_CHANGED_FIELD_NUMBER: _builtins.int
     DUNNING_EXCLUSION_CHANGED_FIELD_NUMBER: _builtins.int
+    PAYMENT_DISPUTED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id; a redelivered event keeps it."""
     type: _builtins.str
@@ -116,6 +148,8 @@ class Event(_message.Message):
     def dunning_campaign_changed(self) -> Global___DunningCampaignChanged: ...
     @_builtins.property
     def dunning_exclusion_changed(self) -> Global___DunningExclusionChanged: ...
+    @_builtins.property
+    def payment_disputed(self) -> Global___PaymentDisputed: ...
     def __init__(
         self,
         *,
@@ -147,12 +181,13 @@ class Event(_message.Message):
         dunning_final_action: Global___DunningFinalAction | None = ...,
         dunning_campaign_changed: Global___DunningCampaignChanged | None = ...,
         dunning_exclusion_changed: Global___DunningExclusionChanged | None = ...,
+        payment_disputed: Global___PaymentDisputed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dunning_campaign_changed", b"dunning_campaign_changed", "dunning_exclusion_changed", b"dunning_exclusion_changed", "dunning_exhausted", b"dunning_exhausted", "dunning_final_action", b"dunning_final_action", "dunning_notice", b"dunning_notice", "occur_time", b"occur_time", "payload", b"payload", "payment_recorded", b"payment_recorded", "payment_recovered", b"payment_recovered", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_attempted", b"retry_attempted", "retry_plan_changed", b"retry_plan_changed", "retry_plan_exhausted", b"retry_plan_exhausted", "retry_schedule_changed", b"retry_schedule_changed", "retry_scheduled", b"retry_scheduled"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dunning_campaign_changed", b"dunning_campaign_changed", "dunning_exclusion_changed", b"dunning_exclusion_changed", "dunning_exhausted", b"dunning_exhausted", "dunning_final_action", b"dunning_final_action", "dunning_notice", b"dunning_notice", "occur_time", b"occur_time", "payload", b"payload", "payment_disputed", b"payment_disputed", "payment_recorded", b"payment_recorded", "payment_recovered", b"payment_recovered", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_attempted", b"retry_attempted", "retry_plan_changed", b"retry_plan_changed", "retry_plan_exhausted", b"retry_plan_exhausted", "retry_schedule_changed", b"retry_schedule_changed", "retry_scheduled", b"retry_scheduled"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "dunning_campaign_changed", b"dunning_campaign_changed", "dunning_exclusion_changed", b"dunning_exclusion_changed", "dunning_exhausted", b"dunning_exhausted", "dunning_final_action", b"dunning_final_action", "dunning_notice", b"dunning_notice", "event_id", b"event_id", "occur_time", b"occur_time", "payload", b"payload", "payment_recorded", b"payment_recorded", "payment_recovered", b"payment_recovered", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_attempted", b"retry_attempted", "retry_plan_changed", b"retry_plan_changed", "retry_plan_exhausted", b"retry_plan_exhausted", "retry_schedule_changed", b"retry_schedule_changed", "retry_scheduled", b"retry_scheduled", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "dunning_campaign_changed", b"dunning_campaign_changed", "dunning_exclusion_changed", b"dunning_exclusion_changed", "dunning_exhausted", b"dunning_exhausted", "dunning_final_action", b"dunning_final_action", "dunning_notice", b"dunning_notice", "event_id", b"event_id", "occur_time", b"occur_time", "payload", b"payload", "payment_disputed", b"payment_disputed", "payment_recorded", b"payment_recorded", "payment_recovered", b"payment_recovered", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_attempted", b"retry_attempted", "retry_plan_changed", b"retry_plan_changed", "retry_plan_exhausted", b"retry_plan_exhausted", "retry_schedule_changed", b"retry_schedule_changed", "retry_scheduled", b"retry_scheduled", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_recorded", "refund_created", "refund_approved", "refund_rejected", "refund_canceled", "refund_processing", "refund_succeeded", "refund_failed", "refund_attempt_failed", "refund_policy_updated", "retry_schedule_changed", "refund_requires_action", "retry_scheduled", "retry_attempted", "payment_recovered", "retry_plan_exhausted", "retry_plan_changed", "dunning_notice", "dunning_exhausted", "dunning_final_action", "dunning_campaign_changed", "dunning_exclusion_changed"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_recorded", "refund_created", "refund_approved", "refund_rejected", "refund_canceled", "refund_processing", "refund_succeeded", "refund_failed", "refund_attempt_failed", "refund_policy_updated", "retry_schedule_changed", "refund_requires_action", "retry_scheduled", "retry_attempted", "payment_recovered", "retry_plan_exhausted", "retry_plan_changed", "dunning_notice", "dunning_exhausted", "dunning_final_action", "dunning_campaign_changed", "dunning_exclusion_changed", "payment_disputed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -759,3 +794,57 @@ class DunningExclusionChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DunningExclusionChanged: _TypeAlias = DunningExclusionChanged  # noqa: Y015
+
+@_typing.final
+class PaymentDisputed(_message.Message):
+    """A payment's gateway reported a dispute (a chargeback, or an inquiry that may become one):
+    "payment.disputed" when it is first recorded, "payment.dispute_updated" when it moved on (e.g.
+    won or lost). Nothing is refunded or booked for it here: this tells people and services.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPUTE_ID_FIELD_NUMBER: _builtins.int
+    GATEWAY_FIELD_NUMBER: _builtins.int
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    GATEWAY_STATUS_FIELD_NUMBER: _builtins.int
+    dispute_id: _builtins.str
+    """The gateway's id of the dispute (Stripe: dp_...; Adyen: the dispute's pspReference)."""
+    gateway: _builtins.str
+    payment_id: _builtins.str
+    customer_id: _builtins.str
+    subscription_id: _builtins.str
+    reason: _builtins.str
+    """The reason the gateway gives (e.g. "fraudulent")."""
+    status: Global___DisputeStatus.ValueType
+    gateway_status: _builtins.str
+    """The gateway's own status or event code (e.g. "needs_response", "CHARGEBACK")."""
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money:
+        """The disputed amount."""
+
+    def __init__(
+        self,
+        *,
+        dispute_id: _builtins.str = ...,
+        gateway: _builtins.str = ...,
+        payment_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        subscription_id: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+        reason: _builtins.str = ...,
+        status: Global___DisputeStatus.ValueType = ...,
+        gateway_status: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "customer_id", b"customer_id", "dispute_id", b"dispute_id", "gateway", b"gateway", "gateway_status", b"gateway_status", "payment_id", b"payment_id", "reason", b"reason", "status", b"status", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentDisputed: _TypeAlias = PaymentDisputed  # noqa: Y015

@@ -793,6 +793,7 @@ class PaymentRetrySummary(_message.Message):
     OUTCOMES_UNKNOWN_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
     DUNNING_STEPS_FIELD_NUMBER: _builtins.int
+    NOT_ATTEMPTED_FIELD_NUMBER: _builtins.int
     plans_claimed: _builtins.int
     recovered: _builtins.int
     rescheduled: _builtins.int
@@ -805,6 +806,10 @@ class PaymentRetrySummary(_message.Message):
     errors: _builtins.int
     dunning_steps: _builtins.int
     """Dunning steps run (notices, retries brought forward)."""
+    not_attempted: _builtins.int
+    """The gateway could not be reached (nothing was sent): the attempt uses up nothing and is
+    tried again shortly. Plans of a gateway whose circuit breaker is open are not claimed.
+    """
     def __init__(
         self,
         *,
@@ -817,10 +822,11 @@ class PaymentRetrySummary(_message.Message):
         outcomes_unknown: _builtins.int = ...,
         errors: _builtins.int = ...,
         dunning_steps: _builtins.int = ...,
+        not_attempted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_by_rules", b"blocked_by_rules", "dunning_steps", b"dunning_steps", "errors", b"errors", "exhausted", b"exhausted", "outcomes_unknown", b"outcomes_unknown", "plans_claimed", b"plans_claimed", "recovered", b"recovered", "rescheduled", b"rescheduled", "waiting_for_customer", b"waiting_for_customer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_by_rules", b"blocked_by_rules", "dunning_steps", b"dunning_steps", "errors", b"errors", "exhausted", b"exhausted", "not_attempted", b"not_attempted", "outcomes_unknown", b"outcomes_unknown", "plans_claimed", b"plans_claimed", "recovered", b"recovered", "rescheduled", b"rescheduled", "waiting_for_customer", b"waiting_for_customer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from refundretry.v1 import analytics_pb2 as refundretry_dot_v1_dot_analytics__pb2
 from refundretry.v1 import refund_retry_service_pb2 as refundretry_dot_v1_dot_refund__retry__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -183,6 +184,11 @@ class RefundRetryServiceStub:
                 '/refundretry.v1.RefundRetryService/Reconcile',
                 request_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ReconcileResponse.FromString,
+                _registered_method=True)
+        self.GetRecoveryMetrics = channel.unary_unary(
+                '/refundretry.v1.RefundRetryService/GetRecoveryMetrics',
+                request_serializer=refundretry_dot_v1_dot_analytics__pb2.GetRecoveryMetricsRequest.SerializeToString,
+                response_deserializer=refundretry_dot_v1_dot_analytics__pb2.GetRecoveryMetricsResponse.FromString,
                 _registered_method=True)
         self.WatchEvents = channel.unary_stream(
                 '/refundretry.v1.RefundRetryService/WatchEvents',
@@ -387,6 +393,15 @@ class RefundRetryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRecoveryMetrics(self, request, context):
+        """Recovery and refund figures for a range of local days, grouped by day, gateway, decline
+        class or currency, read from daily roll-ups (analytics.proto defines every figure).
+        Needs the read role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchEvents(self, request, context):
         """Streams the events this service publishes, from every replica, in the order they were
         committed: first the stored ones after `after` (all of them without a cursor), then
@@ -544,6 +559,11 @@ def add_RefundRetryServiceServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ReconcileRequest.FromString,
                     response_serializer=refundretry_dot_v1_dot_refund__retry__service__pb2.ReconcileResponse.SerializeToString,
+            ),
+            'GetRecoveryMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecoveryMetrics,
+                    request_deserializer=refundretry_dot_v1_dot_analytics__pb2.GetRecoveryMetricsRequest.FromString,
+                    response_serializer=refundretry_dot_v1_dot_analytics__pb2.GetRecoveryMetricsResponse.SerializeToString,
             ),
             'WatchEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchEvents,
@@ -1339,6 +1359,33 @@ class RefundRetryService:
             '/refundretry.v1.RefundRetryService/Reconcile',
             refundretry_dot_v1_dot_refund__retry__service__pb2.ReconcileRequest.SerializeToString,
             refundretry_dot_v1_dot_refund__retry__service__pb2.ReconcileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecoveryMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/refundretry.v1.RefundRetryService/GetRecoveryMetrics',
+            refundretry_dot_v1_dot_analytics__pb2.GetRecoveryMetricsRequest.SerializeToString,
+            refundretry_dot_v1_dot_analytics__pb2.GetRecoveryMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

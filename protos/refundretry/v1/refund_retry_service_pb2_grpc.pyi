@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from refundretry.v1 import analytics_pb2 as _analytics_pb2
 from refundretry.v1 import refund_retry_service_pb2 as _refund_retry_service_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -84,6 +85,11 @@ class RefundRetryServiceStub:
     """Recomputes the audit hash chain and names the first broken row."""
     Reconcile: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ReconcileRequest, _refund_retry_service_pb2.ReconcileResponse]
     """Proves that ledger, refunds and payments agree."""
+    GetRecoveryMetrics: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetRecoveryMetricsRequest, _analytics_pb2.GetRecoveryMetricsResponse]
+    """Recovery and refund figures for a range of local days, grouped by day, gateway, decline
+    class or currency, read from daily roll-ups (analytics.proto defines every figure).
+    Needs the read role.
+    """
     WatchEvents: _grpc.UnaryStreamMultiCallable[_refund_retry_service_pb2.WatchEventsRequest, _refund_retry_service_pb2.WatchEventsResponse]
     """Streams the events this service publishes, from every replica, in the order they were
     committed: first the stored ones after `after` (all of them without a cursor), then
@@ -147,6 +153,11 @@ class RefundRetryServiceAsyncStub(RefundRetryServiceStub):
     """Recomputes the audit hash chain and names the first broken row."""
     Reconcile: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ReconcileRequest, _refund_retry_service_pb2.ReconcileResponse]  # type: ignore[assignment]
     """Proves that ledger, refunds and payments agree."""
+    GetRecoveryMetrics: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetRecoveryMetricsRequest, _analytics_pb2.GetRecoveryMetricsResponse]  # type: ignore[assignment]
+    """Recovery and refund figures for a range of local days, grouped by day, gateway, decline
+    class or currency, read from daily roll-ups (analytics.proto defines every figure).
+    Needs the read role.
+    """
     WatchEvents: _aio.UnaryStreamMultiCallable[_refund_retry_service_pb2.WatchEventsRequest, _refund_retry_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
     """Streams the events this service publishes, from every replica, in the order they were
     committed: first the stored ones after `after` (all of them without a cursor), then
@@ -381,6 +392,17 @@ class RefundRetryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_refund_retry_service_pb2.ReconcileResponse, _abc.Awaitable[_refund_retry_service_pb2.ReconcileResponse]]:
         """Proves that ledger, refunds and payments agree."""
+
+    @_abc_1.abstractmethod
+    def GetRecoveryMetrics(
+        self,
+        request: _analytics_pb2.GetRecoveryMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.GetRecoveryMetricsResponse, _abc.Awaitable[_analytics_pb2.GetRecoveryMetricsResponse]]:
+        """Recovery and refund figures for a range of local days, grouped by day, gateway, decline
+        class or currency, read from daily roll-ups (analytics.proto defines every figure).
+        Needs the read role.
+        """
 
     @_abc_1.abstractmethod
     def WatchEvents(
