@@ -50,6 +50,7 @@ from service.gateways.base import (
     RefundOutcome,
     RefundRequest,
     accepting_calls,
+    probing,
     reads_refunds,
 )
 from service.gateways.notifications import (
@@ -359,6 +360,9 @@ class ReportedReads:
 
     def accepting_calls(self) -> bool:
         return accepting_calls(self.inner)
+
+    def probing(self) -> bool:
+        return probing(self.inner)
 
     async def close(self) -> None:
         await self.inner.close()

@@ -163,6 +163,13 @@ class ChargingGateway(Gateway, Protocol):
         ...
 
 
+def probing(gateway: object) -> bool:
+    """Whether ``gateway`` takes one trial call only (a circuit breaker half-open): the billing
+    jobs then claim a single piece of its work, not a batch the breaker would refuse."""
+    check = getattr(gateway, "probing", None)
+    return False if check is None else bool(check())
+
+
 def accepting_calls(gateway: object) -> bool:
     """Whether ``gateway`` takes calls now: False while a wrapper says it would refuse them
     without trying (a circuit breaker in its cool-down). The billing jobs then leave that

@@ -209,6 +209,10 @@ class BreakerGateway:
     def __repr__(self) -> str:
         return f"BreakerGateway({self.inner!r}, {self.breaker.state})"
 
+    def probing(self) -> bool:
+        """HALF_OPEN: one call goes through as the probe, the others are refused."""
+        return self.breaker.state is BreakerState.HALF_OPEN
+
     def accepting_calls(self) -> bool:
         """False while OPEN (in the cool-down); HALF_OPEN takes calls (one goes through as
         the probe, the others are refused as NOT_ATTEMPTED)."""

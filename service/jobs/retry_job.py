@@ -48,6 +48,7 @@ from service.gateways.base import (
     ChargingGateway,
     OutcomeKind,
     accepting_calls,
+    probing,
 )
 from service.retries import (
     CardHistories,
@@ -155,17 +156,24 @@ class RetryJob:
         await self.refresh_stats_if_old()
         summary = RetrySummary()
         # Due work of a gateway this worker cannot call now (not configured here, or its
-        # circuit breaker open) stays scheduled and untouched.
+        # circuit breaker open) stays scheduled and untouched; a gateway on probation (the
+        # breaker half-open) gets one plan, the probe.
         usable = [name for name, g in self._gateways.items() if accepting_calls(g)]
+        trial = [name for name in usable if probing(self._gateways[name])]
+        claims = [([name for name in usable if name not in trial], limit)]
+        claims += [([name], 1) for name in trial]
+        claimed: list[uuid.UUID] = []
         async with self._db.connection() as conn:
-            claimed = await plans.claim_due(
-                conn,
-                due_by=due_by or datetime.now(UTC),
-                limit=limit,
-                worker=self.worker_id,
-                lease_seconds=self._lease.total_seconds(),
-                gateways=usable,
-            )
+            for gateways, most in claims:
+                if gateways:
+                    claimed += await plans.claim_due(
+                        conn,
+                        due_by=due_by or datetime.now(UTC),
+                        limit=most,
+                        worker=self.worker_id,
+                        lease_seconds=self._lease.total_seconds(),
+                        gateways=gateways,
+                    )
         summary.claimed = len(claimed)
         parts = [claimed[i : i + self._chunk] for i in range(0, len(claimed), self._chunk)]
         for results in await asyncio.gather(*(self._run_chunk(part) for part in parts)):

@@ -142,7 +142,8 @@ async def test_an_open_breaker_leaves_due_retries_scheduled_until_it_closes(
     make_stripe_gateway: MakeStripeGateway,
 ) -> None:
     """While Stripe's breaker is open the retry job does not touch Stripe's due plans (no
-    attempt, no event, the time unchanged); after the cool-down it charges them."""
+    attempt, no event, the time unchanged); half-open, it claims one plan as the probe; closed
+    again, the rest."""
     now = [1000.0]
     gateways = with_breakers(
         {"stripe": make_stripe_gateway()},
@@ -156,11 +157,14 @@ async def test_an_open_breaker_leaves_due_retries_scheduled_until_it_closes(
     admitted = breaker.admit()
     assert admitted is not None
     breaker.record(admitted, failed=True)  # Stripe just failed: open
-    stripe_server.add_card("pm_visa_ok", customer="cus_9")
     await schedule(client, "stripe-fast", [60, 120], attempts=4)
-    request = failure(card="pm_visa_ok", schedule_code="stripe-fast", at=datetime.now(UTC))
-    request.gateway = "stripe"
-    plan_id = (await record(client, request)).plan.plan_id
+    plan_ids = []
+    for card in ("pm_visa_ok", "pm_visa_two"):
+        stripe_server.add_card(card, customer="cus_9")
+        request = failure(card=card, schedule_code="stripe-fast", at=datetime.now(UTC))
+        request.gateway = "stripe"
+        plan_ids.append((await record(client, request)).plan.plan_id)
+    plan_id = plan_ids[0]
     before = await plan_of(client, plan_id)
     context = client.service.billing_job.retry_job.context  # type: ignore[union-attr]
     job = RetryJob(db, gateways, context)
@@ -176,11 +180,16 @@ async def test_an_open_breaker_leaves_due_retries_scheduled_until_it_closes(
     assert len(plan.attempts) == 1
     assert plan.next_attempt_time == before.next_attempt_time
 
-    now[0] += COOLDOWN + 1  # half-open: the probe goes through, succeeds, and closes it
+    now[0] += COOLDOWN + 1  # half-open: one plan is claimed, the probe; it closes the breaker
+    assert breaker.state is BreakerState.HALF_OPEN
     summary = await job.run(due_by=due)
-    assert (summary.claimed, summary.recovered) == (1, 1)
+    assert (summary.claimed, summary.recovered, summary.not_attempted) == (1, 1, 0)
     assert breaker.state is BreakerState.CLOSED
-    assert (await plan_of(client, plan_id)).status == PS.RETRY_PLAN_STATUS_RECOVERED
+    summary = await job.run(due_by=due)  # closed: the rest of the due work
+    assert (summary.claimed, summary.recovered) == (1, 1)
+    for plan_id in plan_ids:
+        assert (await plan_of(client, plan_id)).status == PS.RETRY_PLAN_STATUS_RECOVERED
+    assert len(stripe_server.payment_intents) == 2
 
 
 async def test_the_service_puts_every_gateway_behind_a_breaker(client: Client) -> None:
