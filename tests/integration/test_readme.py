@@ -1,5 +1,7 @@
 """The README is the front door: every grpcurl example in it runs, in order, against a live
-server with the development tokens, and its settings table equals the code's."""
+server with the development tokens — with grpcurl, and again with ``buf curl`` (a second gRPC
+client that is not ours, through server reflection) — and its settings table equals the
+code's."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from tests.integration.cli import run_program
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text("utf-8")
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
+BUF = ROOT / "node_modules" / ".bin" / "buf"
 
 
 def examples() -> list[str]:
@@ -40,7 +43,65 @@ async def grpcurl(args: list[str]) -> tuple[int, str, str]:
     return await run_program(GRPCURL, *args, seconds=30)
 
 
-async def test_every_grpcurl_example_in_the_readme_works(service: Service) -> None:
+async def buf_curl(args: list[str]) -> tuple[int, str, str]:
+    """The same call through ``buf curl`` (npm @bufbuild/buf, installed by scripts/bootstrap):
+    a gRPC client that is not ours, finding the schema through server reflection. A grpcurl
+    argument list is translated flag by flag; buf prints proto3 JSON with lowerCamelCase
+    names, which is turned back into the field names grpcurl prints."""
+    assert BUF.exists(), "buf is an npm dev dependency: run scripts/bootstrap"
+    flags: list[str] = ["curl", "--protocol", "grpc", "--http2-prior-knowledge"]
+    rest = list(args)
+    address = ""
+    while rest:
+        arg = rest.pop(0)
+        if arg == "-plaintext":
+            continue
+        if arg == "-H":
+            flags += [arg, rest.pop(0)]
+        elif arg == "-d":
+            flags += [arg, _canonical_masks(rest.pop(0))]
+        elif arg == "list":
+            flags.append("--list-services")
+        elif "/" in arg:  # package.Service/Method
+            flags.append(f"http://{address}/{arg}")
+        elif re.fullmatch(r"[\w.]+:\d+", arg):
+            address = arg
+        else:
+            raise AssertionError(f"no buf curl translation for grpcurl argument {arg!r}")
+    if "--list-services" in flags:
+        flags.append(f"http://{address}")
+    code, out, err = await run_program(str(BUF), *flags, seconds=30)
+    if code != 0 or "--list-services" in flags or not out.strip():
+        return code, out, err
+    return code, json.dumps(_snake(json.loads(out))), err
+
+
+def _canonical_masks(body: str) -> str:
+    """grpcurl 1.8 reads a FieldMask only as ``{"paths": [...]}`` (the README's form); buf, like
+    every proto3 JSON parser, only as the canonical string of lowerCamelCase paths."""
+    data = json.loads(body)
+    mask = data.get("update_mask")
+    if isinstance(mask, dict):
+        data["update_mask"] = ",".join(
+            re.sub(r"_([a-z])", lambda m: m.group(1).upper(), path) for path in mask["paths"]
+        )
+    return json.dumps(data)
+
+
+def _snake(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            re.sub(r"(?<=[a-z0-9])([A-Z])", lambda m: "_" + m.group(1).lower(), k): _snake(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_snake(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("client", ["grpcurl", "buf curl"])
+async def test_every_grpcurl_example_in_the_readme_works(service: Service, client: str) -> None:
+    call = grpcurl if client == "grpcurl" else buf_curl
     lines = examples()
     methods = {line.rsplit("/", 1)[-1] for line in lines if "RefundRetryService/" in line}
     rpcs = {m.name for m in service_descriptor().methods}
@@ -54,7 +115,7 @@ async def test_every_grpcurl_example_in_the_readme_works(service: Service) -> No
         for name, value in ids.items():
             args = [a.replace(f"${name}", value) for a in args]
         assert not any("$" in a for a in args), f"unresolved placeholder in: {line}"
-        code, out, err = await grpcurl(args)
+        code, out, err = await call(args)
         assert code == 0, f"{line}\n{err}"
         if args[-1] == "list":
             assert "refundretry.v1.RefundRetryService" in out
