@@ -51,6 +51,7 @@ from repository import inbox
 from repository.database import Database
 from service.config import Config
 from service.errors import ServiceError
+from service.metrics import Metrics
 from service.retries import RetryContext
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,10 @@ class Consumers:
         retry_context: RetryContext,
         *,
         specs: dict[str, EventSpec] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()  # each outcome is counted where it is logged
         self.db = db
         self.topology = topology.Topology.from_config(config)
         self.context = Context(retry_context)
@@ -229,6 +232,7 @@ class Consumers:
             await self._failed(spec, message, exc, event_id, delivery)
             return
         acked = await self._settle(message, ack=True)
+        self.metrics.consumer_outcome(spec.event_type, outcome, delivery=delivery)
         log.info(
             "%s event %s %s: %s%s",
             spec.event_type,
@@ -303,6 +307,7 @@ class Consumers:
             delay,
             extra={"action": "consumer.retry", **extra},
         )
+        self.metrics.consumer_outcome(spec.event_type, "retry", delivery=delivery)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), delay)
         await self._settle(message, ack=False)
@@ -357,6 +362,7 @@ class Consumers:
             await self._settle(message, ack=False)
             return
         await self._settle(message, ack=True)
+        self.metrics.consumer_outcome(spec.event_type, "dead_lettered", delivery=delivery)
         log.warning(
             "%s: dead-lettered event %s: %s",
             spec.event_type,

@@ -29,7 +29,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "GRPC_HOST": ("0.0.0.0", "address the gRPC server binds"),  # noqa: S104
     "GRPC_PORT": ("50051", "gRPC port"),
     "HTTP_HOST": ("0.0.0.0", "address the HTTP server (webhooks, probes) binds"),  # noqa: S104
-    "HTTP_PORT": ("8080", "HTTP port: `/webhooks/*`, `/healthz`, `/readyz`"),
+    "HTTP_PORT": ("8080", "HTTP port: `/webhooks/*`, `/healthz`, `/readyz`, `/metrics`"),
     "TOKENS_FILE": ("", "JSON file of bearer tokens -> principal and roles (see README)"),
     "TOKENS": ("", "the same JSON inline, instead of TOKENS_FILE"),
     "TLS_CERT_FILE": (

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -29,10 +31,12 @@ from service.gateways.sandbox import SandboxGateway
 from service.grpc.servicer import RefundRetryServicer
 from service.health import DatabaseHealth
 from service.http.health import HealthRoutes
-from service.http.server import HttpServer
+from service.http.metrics import MetricsRoutes
+from service.http.server import HttpServer, Routes
 from service.http.webhooks import WebhookRoutes, WebhookSecrets
 from service.jobs.billing_job import BillingJob, JobRequest
 from service.jobs.retry_job import RetryJob
+from service.metrics import MeteredBillingJob, Metrics
 from service.outbox.feed import EventFeed
 from service.outbox.relay import Relay
 from service.retries import RetryContext
@@ -88,9 +92,13 @@ def _adyen_gateway(config: Config) -> ChargingGateway:
 
 
 def build_billing_job(
-    config: Config, db: Database, gateways: dict[str, ChargingGateway]
+    config: Config,
+    db: Database,
+    gateways: dict[str, ChargingGateway],
+    metrics: Metrics | None = None,
 ) -> BillingJob:
-    """The billing job: refunds, and payment retries through its ``retry_job``."""
+    """The billing job: refunds, and payment retries through its ``retry_job``; with
+    ``metrics``, every run is counted there."""
     lease = timedelta(seconds=config.lease_seconds)
     unknown_replay = timedelta(seconds=config.unknown_replay_seconds)
     context = RetryContext(limits=NetworkLimits(visa_max_reattempts=config.visa_max_reattempts))
@@ -98,7 +106,10 @@ def build_billing_job(
     # asked about it (Adyen).
     reading = with_reported_outcomes(gateways, db)
     retry_job = RetryJob(db, reading, context, lease=lease, unknown_replay_delay=unknown_replay)
-    return BillingJob(
+    make: Callable[..., BillingJob] = (
+        BillingJob if metrics is None else functools.partial(MeteredBillingJob, metrics)
+    )
+    return make(
         db,
         reading,
         lease=lease,
@@ -126,6 +137,7 @@ class Service:
     relay: Relay | None = None  # the outbox relay to RabbitMQ, when RELAY is true
     http: HttpServer | None = None  # the HTTP port (webhooks); ``http.port`` is the bound port
     database_health: DatabaseHealth | None = None  # behind gRPC health and /readyz
+    metrics: Metrics | None = None  # served at /metrics
     _stopped: bool = False
 
     async def stop(self) -> None:
@@ -159,10 +171,14 @@ class Service:
 
 
 def build_http_server(
-    config: Config, db: Database, job: BillingJob, health: DatabaseHealth
+    config: Config,
+    db: Database,
+    job: BillingJob,
+    health: DatabaseHealth,
+    metrics: Metrics | None = None,
 ) -> tuple[HttpServer, WebhookRoutes]:
-    """The HTTP port and its routes: gateway webhooks (metrics, health and the dashboard are
-    added to the list the same way)."""
+    """The HTTP port and its routes: gateway webhooks, the health probes and, given
+    ``metrics``, ``/metrics`` (the dashboard is added to the list the same way)."""
     webhooks = WebhookRoutes(
         WebhookEvents(db, job),
         WebhookSecrets(
@@ -172,10 +188,13 @@ def build_http_server(
             adyen_password=config.adyen_webhook_password,
         ),
     )
+    routes: list[Routes] = [webhooks, HealthRoutes(health)]
+    if metrics is not None:
+        routes.append(MetricsRoutes(metrics))
     server = HttpServer(
         config.http_host,
         config.http_port,
-        [webhooks, HealthRoutes(health)],
+        routes,
         shutdown_grace=config.shutdown_grace_seconds,
     )
     return server, webhooks
@@ -211,18 +230,22 @@ async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
             "run `refund-retry migrate` first"
         )
     gateways = build_gateways(config)
-    job = build_billing_job(config, db, gateways)
+    metrics = Metrics()
+    job = build_billing_job(config, db, gateways, metrics)
     retry_job = job.retry_job
     assert retry_job is not None
     database_health = DatabaseHealth(db)
-    http, webhooks = build_http_server(config, db, job, database_health)
+    metrics.watch(db, database_health, gateways)
+    http, webhooks = build_http_server(config, db, job, database_health, metrics)
     try:
         await http.start()
     except OSError:
         await db.close()
         raise
     feed = EventFeed(config.database_url, buffer=config.watch_buffer)
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(
+        interceptors=[metrics.grpc_interceptor], options=[("grpc.so_reuseport", 0)]
+    )
     refund_retry_service_pb2_grpc.add_RefundRetryServiceServicer_to_server(
         RefundRetryServicer(
             db, tokens, job, retry_job, feed, analytics_zones=config.analytics_time_zones
@@ -270,6 +293,7 @@ async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
         feed=feed,
         http=http,
         database_health=database_health,
+        metrics=metrics,
     )
     log.info(
         "serving HTTP on %s:%d (webhooks: %s)",
@@ -287,7 +311,7 @@ async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
         )
         service.tasks.append(asyncio.create_task(service.relay.run(), name="outbox-relay"))
     if config.consumers:
-        service.consumers = Consumers(config, db, retry_job.context)
+        service.consumers = Consumers(config, db, retry_job.context, metrics=metrics)
         service.consumers.start()
     if run_billing_loop and config.billing_job_interval:
         service.tasks.append(

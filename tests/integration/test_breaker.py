@@ -181,10 +181,10 @@ async def test_an_open_breaker_leaves_due_retries_scheduled_until_it_closes(
     assert plan.next_attempt_time == before.next_attempt_time
 
     now[0] += COOLDOWN + 1  # half-open: one plan is claimed, the probe; it closes the breaker
-    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.snapshot().state is BreakerState.HALF_OPEN
     summary = await job.run(due_by=due)
     assert (summary.claimed, summary.recovered, summary.not_attempted) == (1, 1, 0)
-    assert breaker.state is BreakerState.CLOSED
+    assert breaker.snapshot().state is BreakerState.CLOSED
     summary = await job.run(due_by=due)  # closed: the rest of the due work
     assert (summary.claimed, summary.recovered) == (1, 1)
     for plan_id in plan_ids:
