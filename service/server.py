@@ -30,6 +30,7 @@ from service.gateways.breaker import with_breakers
 from service.gateways.sandbox import SandboxGateway
 from service.grpc.servicer import RefundRetryServicer
 from service.health import DatabaseHealth
+from service.http.analytics import AnalyticsRoutes
 from service.http.health import HealthRoutes
 from service.http.metrics import MetricsRoutes
 from service.http.server import HttpServer, Routes
@@ -177,8 +178,8 @@ def build_http_server(
     health: DatabaseHealth,
     metrics: Metrics | None = None,
 ) -> tuple[HttpServer, WebhookRoutes]:
-    """The HTTP port and its routes: gateway webhooks, the health probes and, given
-    ``metrics``, ``/metrics`` (the dashboard is added to the list the same way)."""
+    """The HTTP port and its routes: gateway webhooks, the health probes, the analytics JSON
+    and, given ``metrics``, ``/metrics`` (the dashboard is added to the list the same way)."""
     webhooks = WebhookRoutes(
         WebhookEvents(db, job),
         WebhookSecrets(
@@ -188,7 +189,11 @@ def build_http_server(
             adyen_password=config.adyen_webhook_password,
         ),
     )
-    routes: list[Routes] = [webhooks, HealthRoutes(health)]
+    routes: list[Routes] = [
+        webhooks,
+        HealthRoutes(health),
+        AnalyticsRoutes(db, config.require_tokens(), config.analytics_time_zones),
+    ]
     if metrics is not None:
         routes.append(MetricsRoutes(metrics))
     server = HttpServer(
