@@ -88,6 +88,8 @@ from service.gateways.base import (
     RefundErrorCode,
     RefundOutcome,
     RefundRequest,
+    charge_log_ids,
+    refund_log_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -508,7 +510,7 @@ class AdyenGateway:
                 required="pspReference",
             )
 
-        ids = _refund_log_ids(request)
+        ids = refund_log_ids(request)
         attempts = _Attempts()
         try:
             answer = await self._with_retries(create, attempts, "adyen_refund_create", ids)
@@ -544,7 +546,7 @@ class AdyenGateway:
                 required="resultCode",
             )
 
-        ids = _charge_log_ids(request)
+        ids = charge_log_ids(request)
         attempts = _Attempts()
         try:
             answer = await self._with_retries(create, attempts, "adyen_charge_create", ids)
@@ -646,22 +648,6 @@ def _payment_body(request: ChargeRequest, merchant_account: str, model: str) -> 
         "shopperInteraction": "ContAuth",
         "recurringProcessingModel": model,
         "metadata": metadata,
-    }
-
-
-def _refund_log_ids(request: RefundRequest) -> dict[str, object]:
-    return {
-        "payment_id": request.payment_id,
-        "refund_attempt": request.attempt,
-        "idempotency_key": request.idempotency_key,
-    }
-
-
-def _charge_log_ids(request: ChargeRequest) -> dict[str, object]:
-    return {
-        "plan_id": request.plan_id,
-        "charge_attempt": request.attempt,
-        "idempotency_key": request.idempotency_key,
     }
 
 

@@ -186,3 +186,21 @@ def reads_refunds(gateway: object) -> bool:
     refund on a schedule: it waits for the notification and flags the refund for a person when
     none came in time. Wrappers (circuit breaker, stored notifications) pass it through."""
     return bool(getattr(gateway, "reads_refunds", True))
+
+
+def refund_log_ids(request: RefundRequest) -> dict[str, object]:
+    """What every gateway's log lines about a refund call carry."""
+    return {
+        "payment_id": request.payment_id,
+        "refund_attempt": request.attempt,
+        "idempotency_key": request.idempotency_key,
+    }
+
+
+def charge_log_ids(request: ChargeRequest) -> dict[str, object]:
+    """What every gateway's log lines about a charge call carry."""
+    return {
+        "plan_id": request.plan_id,
+        "charge_attempt": request.attempt,
+        "idempotency_key": request.idempotency_key,
+    }

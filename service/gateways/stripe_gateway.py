@@ -90,6 +90,8 @@ from service.gateways.base import (
     RefundErrorCode,
     RefundOutcome,
     RefundRequest,
+    charge_log_ids,
+    refund_log_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -470,7 +472,7 @@ class StripeGateway:
         async def create() -> stripe.Refund:
             return await self._client.v1.refunds.create_async(params=params, options=options)
 
-        ids = _refund_log_ids(request)
+        ids = refund_log_ids(request)
         attempts = _Attempts()
         try:
             refund = await self._with_retries(create, attempts, "stripe_refund_create", ids)
@@ -489,7 +491,7 @@ class StripeGateway:
         # The refund exists (Stripe gave us its id), so failing to read it says nothing about
         # the money: every failure is UNKNOWN (ask again later), never NOT_ATTEMPTED nor
         # DECLINED. ``retryable`` says whether asking again can help.
-        ids = _refund_log_ids(request)
+        ids = refund_log_ids(request)
         attempts = _Attempts()
         try:
             refund = await self._with_retries(retrieve, attempts, "stripe_refund_fetch", ids)
@@ -518,7 +520,7 @@ class StripeGateway:
                 params=params, options=options
             )
 
-        ids = _charge_log_ids(request)
+        ids = charge_log_ids(request)
         attempts = _Attempts()
         try:
             intent = await self._with_retries(create, attempts, "stripe_charge_create", ids)
@@ -538,7 +540,7 @@ class StripeGateway:
         async def retrieve() -> stripe.PaymentIntent:
             return await self._client.v1.payment_intents.retrieve_async(intent_id, params=params)
 
-        ids = {**_charge_log_ids(request), "gateway_charge_id": intent_id}
+        ids = {**charge_log_ids(request), "gateway_charge_id": intent_id}
         attempts = _Attempts()
         try:
             intent = await self._with_retries(retrieve, attempts, "stripe_charge_fetch", ids)
@@ -605,22 +607,6 @@ class StripeGateway:
         )
         result: _T = await retrying(attempt)
         return result
-
-
-def _refund_log_ids(request: RefundRequest) -> dict[str, object]:
-    return {
-        "payment_id": request.payment_id,
-        "refund_attempt": request.attempt,
-        "idempotency_key": request.idempotency_key,
-    }
-
-
-def _charge_log_ids(request: ChargeRequest) -> dict[str, object]:
-    return {
-        "plan_id": request.plan_id,
-        "charge_attempt": request.attempt,
-        "idempotency_key": request.idempotency_key,
-    }
 
 
 def _log_failure(
