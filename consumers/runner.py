@@ -49,6 +49,7 @@ from consumers.codec import Envelope, decode
 from consumers.handlers import SPECS, Context, EventSpec, Handled
 from repository import inbox
 from repository.database import Database
+from service import correlation
 from service.config import Config
 from service.errors import ServiceError
 from service.metrics import Metrics
@@ -68,6 +69,13 @@ def delivery_count(message: AbstractIncomingMessage) -> int:
     if isinstance(count, int) and count >= 0:
         return count
     return 1 if message.redelivered else 0
+
+
+def _header(message: AbstractIncomingMessage, name: str) -> str | None:
+    value = (message.headers or {}).get(name)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
 
 
 def retry_delay(base: float, delivery: int) -> float:
@@ -212,6 +220,8 @@ class Consumers:
 
     async def _handle(self, spec: EventSpec, message: AbstractIncomingMessage) -> None:
         started = time.perf_counter()
+        # Its own task (see the module docstring): the id holds for this message's work only.
+        correlation.begin(message.correlation_id or _header(message, correlation.METADATA_KEY))
         delivery = delivery_count(message) + 1
         event_id: str | None = None
         try:

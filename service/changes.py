@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from refundretry.v1 import events_pb2
 from repository import journal
 from repository.database import Connection
+from service import correlation
 from service.errors import InvalidArgument, RequestIdReused
 from service.outbox import subjects
 
@@ -95,6 +96,7 @@ async def record(
         aggregate_type=entity_type,
         aggregate_id=entity_id,
         actor=actor,
+        correlation_id=correlation.current(),
     )
     getattr(event, event_field).CopyFrom(event_payload)
     about = subjects.of_payload(event_payload)

@@ -8,6 +8,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from service.correlation import CorrelationFilter
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
@@ -32,6 +34,7 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
         if fmt == "json"
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    handler.addFilter(CorrelationFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from consumers.runner import Consumers
 from refundretry.v1 import refund_retry_service_pb2, refund_retry_service_pb2_grpc
 from repository.database import Database, pending_migrations
-from service import analytics
+from service import analytics, correlation
 from service.config import PREFIX, Config
 from service.domain.network_rules import NetworkLimits
 from service.errors import ConfigError
@@ -210,6 +210,7 @@ async def _billing_loop(job: BillingJob, interval: int, batch: int) -> None:
     full batch of work (a backlog)."""
     while True:
         backlog = False
+        correlation.begin(None)  # one id per run: its log lines and events share it
         try:
             summary = await job.run(JobRequest(limit=batch))
             backlog = summary.claimed >= batch

@@ -33,6 +33,7 @@ from service import (
     audit,
     changes,
     convert,
+    correlation,
     dunning,
     messages,
     payments,
@@ -83,6 +84,7 @@ def rpc(role: Role) -> Callable[[Impl[Req, Resp]], Handler[Req, Resp]]:
         @functools.wraps(impl)
         async def handler(self: RefundRetryServicer, request: Req, context: Context) -> Resp:
             started = time.perf_counter()
+            await _correlate(context)
             try:
                 principal = principal_of(self.tokens, context)
                 principal.require(role)
@@ -106,6 +108,14 @@ def rpc(role: Role) -> Callable[[Impl[Req, Resp]], Handler[Req, Resp]]:
         return handler
 
     return decorate
+
+
+async def _correlate(context: Context) -> None:
+    """The call's correlation id (the caller's ``x-correlation-id``, or a new one) for its logs
+    and events, sent back in the initial metadata so a caller that sent none learns it."""
+    sent = dict(context.invocation_metadata() or ()).get(correlation.METADATA_KEY)
+    correlation_id = correlation.begin(sent if isinstance(sent, str) else None)
+    await context.send_initial_metadata(((correlation.METADATA_KEY, correlation_id),))
 
 
 POLICY_FIELDS = frozenset({"auto_approval_thresholds", "approval_tiers", "refund_window"})
@@ -718,6 +728,7 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
     ) -> AsyncIterator[pb.WatchEventsResponse]:
         """Server streaming, so not through ``rpc``: the same authentication and error
         mapping, around a generator."""
+        await _correlate(context)
         try:
             principal = principal_of(self.tokens, context)
             principal.require(Role.READ)

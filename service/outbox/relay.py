@@ -36,6 +36,7 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
+from refundretry.v1 import events_pb2
 from repository import outbox
 from repository.database import Connection
 
@@ -109,8 +110,10 @@ class Publisher:
 
 
 def _message(row: asyncpg.Record) -> aio_pika.Message:
+    payload = bytes(row["payload"])
     return aio_pika.Message(
-        bytes(row["payload"]),
+        payload,
+        correlation_id=events_pb2.Event.FromString(payload).correlation_id or None,
         content_type=CONTENT_TYPE,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=str(row["event_id"]),

@@ -72,6 +72,7 @@ class Event(_message.Message):
     AGGREGATE_TYPE_FIELD_NUMBER: _builtins.int
     AGGREGATE_ID_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
     PAYMENT_RECORDED_FIELD_NUMBER: _builtins.int
     REFUND_CREATED_FIELD_NUMBER: _builtins.int
     REFUND_APPROVED_FIELD_NUMBER: _builtins.int
@@ -102,6 +103,11 @@ class Event(_message.Message):
     aggregate_type: _builtins.str
     aggregate_id: _builtins.str
     actor: _builtins.str
+    correlation_id: _builtins.str
+    """The correlation id of the work that caused the event: the caller's `x-correlation-id`
+    metadata or consumed message's correlation_id, else one made up by the service (empty for
+    events of background work). The relay also sets it as the AMQP `correlation_id`.
+    """
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -159,6 +165,7 @@ class Event(_message.Message):
         aggregate_type: _builtins.str = ...,
         aggregate_id: _builtins.str = ...,
         actor: _builtins.str = ...,
+        correlation_id: _builtins.str = ...,
         payment_recorded: Global___PaymentRecorded | None = ...,
         refund_created: Global___RefundCreated | None = ...,
         refund_approved: Global___RefundApproved | None = ...,
@@ -185,7 +192,7 @@ class Event(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dunning_campaign_changed", b"dunning_campaign_changed", "dunning_exclusion_changed", b"dunning_exclusion_changed", "dunning_exhausted", b"dunning_exhausted", "dunning_final_action", b"dunning_final_action", "dunning_notice", b"dunning_notice", "occur_time", b"occur_time", "payload", b"payload", "payment_disputed", b"payment_disputed", "payment_recorded", b"payment_recorded", "payment_recovered", b"payment_recovered", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_attempted", b"retry_attempted", "retry_plan_changed", b"retry_plan_changed", "retry_plan_exhausted", b"retry_plan_exhausted", "retry_schedule_changed", b"retry_schedule_changed", "retry_scheduled", b"retry_scheduled"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "dunning_campaign_changed", b"dunning_campaign_changed", "dunning_exclusion_changed", b"dunning_exclusion_changed", "dunning_exhausted", b"dunning_exhausted", "dunning_final_action", b"dunning_final_action", "dunning_notice", b"dunning_notice", "event_id", b"event_id", "occur_time", b"occur_time", "payload", b"payload", "payment_disputed", b"payment_disputed", "payment_recorded", b"payment_recorded", "payment_recovered", b"payment_recovered", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_attempted", b"retry_attempted", "retry_plan_changed", b"retry_plan_changed", "retry_plan_exhausted", b"retry_plan_exhausted", "retry_schedule_changed", b"retry_schedule_changed", "retry_scheduled", b"retry_scheduled", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "correlation_id", b"correlation_id", "dunning_campaign_changed", b"dunning_campaign_changed", "dunning_exclusion_changed", b"dunning_exclusion_changed", "dunning_exhausted", b"dunning_exhausted", "dunning_final_action", b"dunning_final_action", "dunning_notice", b"dunning_notice", "event_id", b"event_id", "occur_time", b"occur_time", "payload", b"payload", "payment_disputed", b"payment_disputed", "payment_recorded", b"payment_recorded", "payment_recovered", b"payment_recovered", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_attempted", b"retry_attempted", "retry_plan_changed", b"retry_plan_changed", "retry_plan_exhausted", b"retry_plan_exhausted", "retry_schedule_changed", b"retry_schedule_changed", "retry_scheduled", b"retry_scheduled", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_recorded", "refund_created", "refund_approved", "refund_rejected", "refund_canceled", "refund_processing", "refund_succeeded", "refund_failed", "refund_attempt_failed", "refund_policy_updated", "retry_schedule_changed", "refund_requires_action", "retry_scheduled", "retry_attempted", "payment_recovered", "retry_plan_exhausted", "retry_plan_changed", "dunning_notice", "dunning_exhausted", "dunning_final_action", "dunning_campaign_changed", "dunning_exclusion_changed", "payment_disputed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
