@@ -118,41 +118,10 @@ async def insert_attempt(conn: Connection, attempt: NewAttempt) -> uuid.UUID:
     return attempt_id
 
 
-async def finish_attempt(
-    conn: Connection,
-    attempt_id: uuid.UUID,
-    *,
-    outcome: str,
-    decline_code: str,
-    visa_response_code: str,
-    mc_advice_code: str,
-    decline_class: str,
-    gateway_charge_id: str,
-    message: str,
-) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        Q["finish_attempt"],
-        attempt_id,
-        outcome,
-        decline_code,
-        visa_response_code,
-        mc_advice_code,
-        decline_class,
-        gateway_charge_id,
-        message[:1000],
-    )
-
-
 async def next_attempt_number(conn: Connection, plan_id: uuid.UUID) -> int:
     number = await conn.fetchval(Q["next_attempt_number"], plan_id)
     assert isinstance(number, int)
     return number
-
-
-async def last_decline_class(conn: Connection, plan_id: uuid.UUID) -> str:
-    """The class of the plan's latest decline ("" before any)."""
-    value = await conn.fetchval(Q["last_decline_class"], plan_id)
-    return value if isinstance(value, str) else ""
 
 
 async def open_attempt(conn: Connection, plan_id: uuid.UUID) -> asyncpg.Record | None:
@@ -276,10 +245,6 @@ async def claim_plan(
     conn: Connection, plan_id: uuid.UUID, worker: str, lease_seconds: float
 ) -> None:
     await conn.execute(Q["claim_plan"], plan_id, worker, lease_seconds)
-
-
-async def leased_plan(conn: Connection, plan_id: uuid.UUID, worker: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(Q["leased_plan"], plan_id, worker)
 
 
 async def release_lease(conn: Connection, plan_id: uuid.UUID, worker: str) -> None:

@@ -298,8 +298,9 @@ async def store_decision(
     methods: tuple[Method, ...] | None = None,
 ) -> Decision:
     """Store ``decision`` and move the plan by it (``methods``: the wallet, when the caller has
-    just read it); with ``announce`` also write its event and
-    audit row (the billing job announces after the attempt's own event)."""
+    just read it); with ``announce`` also write its event and audit row (RecordPaymentFailure
+    announces after the dunning steps due with the failure). The billing job stores the
+    decisions of a whole chunk at once (``service.jobs.retry_job``)."""
     plan_id = plan["plan_id"]
     if methods is None:
         methods = await plan_methods(conn, plan_id)

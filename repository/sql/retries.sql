@@ -28,22 +28,10 @@ INSERT INTO payment_attempt (attempt_id, plan_id, attempt_number, source, attemp
                              day_of_month, days_since_failure)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19);
 
--- name: finish_attempt
-UPDATE payment_attempt
-   SET outcome = $2, decline_code = $3, visa_response_code = $4, mc_advice_code = $5,
-       decline_class = $6, gateway_charge_id = $7, message = $8
- WHERE attempt_id = $1 AND outcome IN ('OPEN', 'UNKNOWN')
-RETURNING *;
-
 -- name: next_attempt_number
 -- Attempt numbers (and so idempotency keys) never repeat, even when an attempt that never
 -- reached the gateway does not count against the schedule.
 SELECT coalesce(max(attempt_number), 0) + 1 FROM payment_attempt WHERE plan_id = $1;
-
--- name: last_decline_class
-SELECT decline_class FROM payment_attempt
- WHERE plan_id = $1 AND decline_class <> ''
- ORDER BY attempt_number DESC LIMIT 1;
 
 -- name: open_attempt
 SELECT * FROM payment_attempt
@@ -138,9 +126,6 @@ RETURNING p.plan_id;
 UPDATE retry_plan SET lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3)
  WHERE plan_id = $1
 RETURNING plan_id;
-
--- name: leased_plan
-SELECT * FROM retry_plan WHERE plan_id = $1 AND lease_owner = $2 FOR UPDATE;
 
 -- name: release_lease
 UPDATE retry_plan SET lease_owner = NULL, lease_expires_at = NULL

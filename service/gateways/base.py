@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from service.domain.decline_codes import CardNetwork as DeclineNetwork
+from service.domain.decline_codes import Decline
 from service.domain.money import Money
 
 # Every gateway this service can talk to; a replica enables those it has credentials for.
@@ -204,3 +206,24 @@ def charge_log_ids(request: ChargeRequest) -> dict[str, object]:
         "charge_attempt": request.attempt,
         "idempotency_key": request.idempotency_key,
     }
+
+
+def decline_of(outcome: ChargeOutcome) -> Decline:
+    """The decline an unsuccessful charge outcome amounts to, in the retry engine's vocabulary:
+    a gateway that could not be reached is a ``processing_error``, a charge that needs the
+    customer is ``authentication_required``, a decline without a code is ``generic_decline``;
+    an unknown network is OTHER."""
+    try:
+        network = DeclineNetwork(outcome.network.upper() or "OTHER")
+    except ValueError:
+        network = DeclineNetwork.OTHER
+    if outcome.kind is OutcomeKind.NOT_ATTEMPTED:
+        return Decline("processing_error", network)
+    if outcome.kind is OutcomeKind.REQUIRES_ACTION:
+        return Decline("authentication_required", network)
+    return Decline(
+        outcome.decline_code or "generic_decline",
+        network,
+        outcome.visa_response_code,
+        outcome.mc_advice_code,
+    )

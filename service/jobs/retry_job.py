@@ -48,6 +48,7 @@ from service.gateways.base import (
     ChargingGateway,
     OutcomeKind,
     accepting_calls,
+    decline_of,
     probing,
 )
 from service.retries import (
@@ -645,18 +646,7 @@ class RetryJob:
 
 def _declined(outcome: ChargeOutcome) -> tuple[Decline, Classification]:
     """The decline an unsuccessful outcome amounts to, and its classification."""
-    network = _network(outcome.network) or CardNetwork.OTHER
-    if outcome.kind is OutcomeKind.NOT_ATTEMPTED:
-        decline = Decline("processing_error", network)
-    elif outcome.kind is OutcomeKind.REQUIRES_ACTION:
-        decline = Decline("authentication_required", network)
-    else:
-        decline = Decline(
-            outcome.decline_code or "generic_decline",
-            network,
-            outcome.visa_response_code,
-            outcome.mc_advice_code,
-        )
+    decline = decline_of(outcome)
     return decline, classify(decline)
 
 
@@ -739,10 +729,3 @@ async def _attempted(
             next_attempt_time=convert.ts(next_at),
         ),
     )
-
-
-def _network(text: str) -> CardNetwork | None:
-    try:
-        return CardNetwork(text.upper()) if text else None
-    except ValueError:
-        return CardNetwork.OTHER

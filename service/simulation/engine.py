@@ -61,7 +61,6 @@ from enum import IntEnum
 from zoneinfo import ZoneInfo
 
 from service.domain.decline_codes import (
-    CardNetwork,
     Classification,
     Decline,
     DeclineClass,
@@ -85,7 +84,7 @@ from service.domain.retry_timing import (
     buckets,
     next_allowed,
 )
-from service.gateways.base import ChargeOutcome, ChargeRequest, OutcomeKind
+from service.gateways.base import ChargeOutcome, ChargeRequest, OutcomeKind, decline_of
 from service.gateways.sandbox import SandboxGateway
 from service.jobs.retry_job import STATS_MAX_AGE
 from service.retries import HISTORY_WINDOW
@@ -391,19 +390,7 @@ class _Runner:
             plan.recovered_at = at
             plan.recovered_with_new_method = new_method
             return None
-        # As the billing job's _record maps a gateway outcome to a decline.
-        network = _network(outcome.network) or CardNetwork.OTHER
-        if outcome.kind is OutcomeKind.NOT_ATTEMPTED:
-            decline = Decline("processing_error", network)
-        elif outcome.kind is OutcomeKind.REQUIRES_ACTION:
-            decline = Decline("authentication_required", network)
-        else:
-            decline = Decline(
-                outcome.decline_code or "generic_decline",
-                network,
-                outcome.visa_response_code,
-                outcome.mc_advice_code,
-            )
+        decline = decline_of(outcome)  # as the billing job maps a gateway outcome
         classification = classify(decline)
         self._record(plan, at, plan.method_index, False, decline, classification, "SCHEDULED")
         if outcome.kind is OutcomeKind.NOT_ATTEMPTED:
@@ -469,13 +456,6 @@ class _Runner:
             self._stats_at = now
             self._stats_dirty = False
         return self._stats
-
-
-def _network(text: str) -> CardNetwork | None:
-    try:
-        return CardNetwork(text.upper()) if text else None
-    except ValueError:
-        return CardNetwork.OTHER
 
 
 # ---- the schedules: a discrete-event simulation --------------------------------------------
