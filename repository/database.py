@@ -45,9 +45,15 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16) -> Poo
 @dataclass
 class UnitOfWork:
     """State of one ``Database.transaction()``: hooks to run right before its COMMIT, and
-    whatever they collect. Dropped when the transaction ends, committed or not."""
+    whatever they collect. Dropped when the transaction ends, committed or not.
+    ``last_before_commit`` hooks run after every ``before_commit`` one: for a write that takes
+    a lock every writer queues on (the audit chain's head), so that it is held only from
+    that statement to the COMMIT."""
 
     before_commit: list[Callable[[Connection], Awaitable[None]]] = field(default_factory=list)
+    last_before_commit: list[Callable[[Connection], Awaitable[None]]] = field(
+        default_factory=list
+    )
     state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -71,15 +77,16 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        """A unit of work. Hooks registered with ``before_commit`` run, in order, after the
-        body and right before COMMIT (the audit trail writes its rows there: its chain lock
-        is then held for one statement and the commit, not the whole transaction)."""
+        """A unit of work. Hooks registered with ``before_commit``, then those registered with
+        ``last_before_commit``, run in order after the body and right before COMMIT (the
+        audit trail writes its rows last: its chain lock is then held for one statement and
+        the commit, not the whole transaction)."""
         async with self.pool.acquire() as conn, conn.transaction():
             key = id(conn)
             unit = _UNITS[key] = UnitOfWork()
             try:
                 yield conn
-                for hook in unit.before_commit:
+                for hook in (*unit.before_commit, *unit.last_before_commit):
                     await hook(conn)
             finally:
                 del _UNITS[key]

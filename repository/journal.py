@@ -99,23 +99,39 @@ async def append_audit(
     data: dict[str, Any],
 ) -> None:
     """Append an audit row in ``conn``'s transaction. Inside ``Database.transaction()`` the
-    rows are written together right before COMMIT, in the order appended: the chain head's
-    lock (taken by the first row) is then held only until the commit."""
+    transaction's rows are written together, in the order appended, by one call of
+    ``audit_append_many`` (migration 0008) after every other write: the chain head is locked
+    and updated once, and held only from that statement to the COMMIT."""
     row = (actor, action, entity_type, entity_id, data)
     unit = unit_of_work(conn)
     if unit is None:
-        await conn.execute(Q["audit_append"], *row)
+        await _write_audit(conn, [row])
         return
-    pending: list[tuple[str, str, str, str, dict[str, Any]]] | None = unit.state.get("audit")
+    pending: list[AuditRow] | None = unit.state.get("audit")
     if pending is None:
         pending = unit.state["audit"] = []
         rows = pending
 
         async def flush(conn: Connection) -> None:
-            await conn.executemany(Q["audit_append"], rows)
+            await _write_audit(conn, rows)
 
-        unit.before_commit.append(flush)
+        unit.last_before_commit.append(flush)
     pending.append(row)
+
+
+AuditRow = tuple[str, str, str, str, dict[str, Any]]
+
+
+async def _write_audit(conn: Connection, rows: list[AuditRow]) -> None:
+    actors, actions, entity_types, entity_ids, datas = zip(*rows, strict=True)
+    await conn.execute(
+        Q["audit_append_many"],
+        list(actors),
+        list(actions),
+        list(entity_types),
+        list(entity_ids),
+        list(datas),
+    )
 
 
 async def list_audit(

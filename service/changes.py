@@ -10,12 +10,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from refundretry.v1 import events_pb2
 from repository import journal
 from repository.database import Connection
-from service import correlation
+from service import convert, correlation
 from service.errors import InvalidArgument, RequestIdReused
 from service.outbox import subjects
 
@@ -85,9 +83,7 @@ async def record(
     then the audit row. The event also records the customer, payment and subscription its
     payload names (``service.outbox.subjects``), for WatchEvents' filters. Inside a unit of
     work both are written right before COMMIT."""
-    now = datetime.now(UTC)
-    occurred = Timestamp()
-    occurred.FromDatetime(now)
+    occurred = convert.ts(datetime.now(UTC))
     event_id = uuid.uuid4()
     event = events_pb2.Event(
         event_id=str(event_id),

@@ -39,10 +39,16 @@ WITH tx AS MATERIALIZED (
 SELECT pg_notify($9, max(position)::text) FROM added;
 
 -- name: audit_append
--- Written last in a transaction: the chain head stays locked until commit.
+-- One row, chained by the row trigger. Kept for the benchmarks' raw paths (bench/); the
+-- service writes with audit_append_many.
 INSERT INTO audit_event (occurred_at, actor, action, entity_type, entity_id, data)
 VALUES (now(), $1, $2, $3, $4, $5)
 RETURNING sequence;
+
+-- name: audit_append_many
+-- Every audit row of a transaction (arrays, one element per row, in order), chained by one
+-- call: written last in the transaction, so the chain head stays locked only until COMMIT.
+SELECT audit_append_many($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[]);
 
 -- name: audit_list
 SELECT * FROM audit_event

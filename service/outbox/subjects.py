@@ -3,8 +3,10 @@ found in the event's payload when the event is written."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from refundretry.v1 import events_pb2
@@ -25,17 +27,36 @@ def of_payload(payload: Message) -> Subjects:
     ``RefundEvent``, ``RetryPlan`` or ``Payment`` snapshot carries all three). One rule for
     every payload, so a new event type is filterable without a change here; empty strings
     count as absent."""
-    candidates = [payload]
-    for field, value in payload.ListFields():
-        if field.message_type is not None and not field.is_repeated:
-            candidates.append(value)
     found: dict[str, str] = {}
-    for name in ID_FIELDS:
-        for message in candidates:
-            if name in message.DESCRIPTOR.fields_by_name and getattr(message, name):
-                found[name] = getattr(message, name)
+    for name, embedded in _places(payload.DESCRIPTOR):
+        for field in embedded:
+            if field is None:
+                value = getattr(payload, name)
+            elif payload.HasField(field):
+                value = getattr(getattr(payload, field), name)
+            else:
+                continue
+            if value:
+                found[name] = value
                 break
     return Subjects(**found)
+
+
+@functools.cache
+def _places(descriptor: Descriptor) -> tuple[tuple[str, tuple[str | None, ...]], ...]:
+    """Per id name, where a payload of this type may hold it, in the order looked at: the
+    payload itself (None), then its singular message fields by field number."""
+    embedded = sorted(
+        ((f.number, f.name, f.message_type) for f in descriptor.fields if not f.is_repeated),
+        key=lambda field: field[0],
+    )
+    places = []
+    for name in ID_FIELDS:
+        where: list[str | None] = [None] if name in descriptor.fields_by_name else []
+        where += [f for _, f, kind in embedded if kind is not None and name in kind.fields_by_name]
+        if where:
+            places.append((name, tuple(where)))
+    return tuple(places)
 
 
 def of_event(event: events_pb2.Event) -> Subjects:

@@ -3,6 +3,7 @@ refunds and payments, through gRPC, the CLI and the database itself."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from refundretry.v1 import audit_pb2, refund_pb2
 from refundretry.v1 import refund_retry_service_pb2 as pb
+from repository import journal
 from repository.database import Database
 from tests.integration import builders as b
 from tests.integration import cli
@@ -292,6 +294,61 @@ async def test_new_rows_after_tampering_do_not_hide_it(client: Client, db: Datab
     await refund_flow(client)
     report = await verify(client)
     assert (report.intact, report.first_broken_sequence) == (False, 1)
+
+
+async def test_concurrent_transactions_form_one_chain_each_in_one_run(
+    client: Client, db: Database
+) -> None:
+    """Each transaction's rows are chained by one statement at its end: 12 transactions of 1-25
+    rows at once give one intact chain with no gap, each transaction's rows together and in
+    the order appended, a rolled-back transaction leaves nothing, and a row inserted alone
+    (chained by the row trigger) joins the same chain."""
+
+    async def write(tx: int) -> None:
+        async with db.transaction() as conn:
+            for i in range(1 + tx * 2):
+                await journal.append_audit(
+                    conn,
+                    actor=f"actor-{tx}",
+                    action="test.appended",
+                    entity_type="test",
+                    entity_id=f"tx-{tx}",
+                    data={"i": i, "text": 'ü, "quoted", \\ and a tab\t', "amount_minor": 1999},
+                )
+            await asyncio.sleep(0)
+
+    async def lost() -> None:
+        async with db.transaction() as conn:
+            await journal.append_audit(
+                conn, actor="x", action="test.lost", entity_type="test", entity_id="lost", data={}
+            )
+            raise RuntimeError("rolled back")
+
+    async def rolled_back() -> None:
+        with pytest.raises(RuntimeError):
+            await lost()
+
+    await asyncio.gather(*(write(tx) for tx in range(12)), rolled_back())
+    async with db.connection() as conn:
+        await journal.append_audit(
+            conn,
+            actor="alone",
+            action="test.alone",
+            entity_type="test",
+            entity_id="alone",
+            data={"n": 1},
+        )
+        rows = await conn.fetch("SELECT sequence, entity_id, data FROM audit_event ORDER BY 1")
+    assert [r["sequence"] for r in rows] == list(range(1, 12 * 12 + 2))
+    assert rows[-1]["entity_id"] == "alone"
+    runs = [
+        (k, [r["data"]["i"] for r in g])
+        for k, g in itertools.groupby(rows[:-1], key=lambda r: r["entity_id"])
+    ]
+    assert sorted(k for k, _ in runs) == sorted(f"tx-{tx}" for tx in range(12))
+    assert all(items == list(range(len(items))) for _, items in runs)
+    report = await verify(client)
+    assert (report.intact, report.rows_checked) == (True, 145)
 
 
 # -- reconciliation ---------------------------------------------------------------------------

@@ -62,6 +62,7 @@ async def test_migrate_applies_every_migration_once(empty_database: str) -> None
         (5, "inbox"),
         (6, "webhooks"),
         (7, "analytics"),
+        (8, "audit_batch"),
     ]
     assert [(v, n) for v, n, _ in migrations()] == rows
 
