@@ -292,6 +292,14 @@ async def attempt_facts(
     return {r["plan_id"]: r for r in await conn.fetch(Q["attempt_facts"], list(plan_ids))}
 
 
+async def busy_cards(
+    conn: Connection, cards: Sequence[str], plan_ids: Sequence[uuid.UUID]
+) -> set[str]:
+    """Lock ``cards`` for this transaction and return those with an attempt of a plan not in
+    ``plan_ids`` still in flight (see ``busy_cards`` in sql/retries.sql)."""
+    return {r["card"] for r in await conn.fetch(Q["busy_cards"], list(cards), list(plan_ids))}
+
+
 async def insert_attempts(conn: Connection, attempts: Sequence[NewAttempt]) -> list[uuid.UUID]:
     """Insert OPEN attempts (the outcome columns stay empty until ``finish_attempts``) and
     count each on its plan."""

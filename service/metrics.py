@@ -71,6 +71,7 @@ RETRY_OUTCOMES = {
     "blocked_by_rules": "blocked_by_rules",
     "unknown": "unknown",
     "not_attempted": "not_attempted",
+    "card_busy": "card_busy",
     "lease_lost": "lease_lost",
     "errors": "error",
 }

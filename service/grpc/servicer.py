@@ -469,6 +469,7 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
                     blocked_by_rules=summary.payment_retries.blocked_by_rules,
                     outcomes_unknown=summary.payment_retries.unknown,
                     not_attempted=summary.payment_retries.not_attempted,
+                    card_busy=summary.payment_retries.card_busy,
                     errors=summary.payment_retries.errors,
                     dunning_steps=summary.payment_retries.dunning_steps,
                 ),

@@ -89,6 +89,7 @@ class RetrySummary:
     blocked_by_rules: int = 0
     unknown: int = 0
     not_attempted: int = 0  # the gateway could not be reached: tried again shortly
+    card_busy: int = 0  # another plan's attempt on the card is in flight: due again next run
     lease_lost: int = 0
     errors: int = 0
     dunning_steps: int = 0
@@ -210,6 +211,12 @@ class RetryJob:
                 )
             methods = await plan_methods(conn, plan_id)
             method = methods[plan["method_index"]]
+            if await plans.busy_cards(conn, [method.payment_method_id], [plan_id]):
+                raise FailedPrecondition(
+                    f"an attempt of another retry plan on card {method.payment_method_id} is "
+                    "in flight: its outcome decides whether the card may be charged again; "
+                    "try again once it is known"
+                )
             violation = check_attempt(
                 method.payment_method_id,
                 method.network,
@@ -361,6 +368,18 @@ class RetryJob:
                 return opened, results, later
             wallets = {r["plan_id"]: _wallet(r) for r in rows}
             facts = await plans.attempt_facts(conn, list(wallets))
+            # Lock the cards to be charged before reading their history: an attempt on one of
+            # them by another worker either committed its outcome already (the history has
+            # it) or is in flight (the card is busy and this plan waits for the next run).
+            busy = await plans.busy_cards(
+                conn,
+                [
+                    wallets[r["plan_id"]][r["method_index"]].payment_method_id
+                    for r in rows
+                    if (fact := facts.get(r["plan_id"])) is None or fact["open_attempt_id"] is None
+                ],
+                list(wallets),
+            )
             histories = await CardHistories.read(conn, list(wallets.values()), now)
             cards_in_chunk: set[str] = set()
             for plan in rows:
@@ -378,6 +397,16 @@ class RetryJob:
                     method = wallet[plan["method_index"]]
                     if method.payment_method_id in cards_in_chunk:
                         later.append(plan_id)
+                        continue
+                    if method.payment_method_id in busy:
+                        log.info(
+                            "retry plan %s: another plan's attempt on its card is in flight; "
+                            "it is attempted after that outcome is known",
+                            plan_id,
+                            extra={"action": "retry_job.card_busy", "plan_id": str(plan_id)},
+                        )
+                        await plans.release_lease(conn, plan_id, self.worker_id)
+                        results.append("card_busy")
                         continue
                     violation = check_attempt(
                         method.payment_method_id,

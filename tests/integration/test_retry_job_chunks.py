@@ -8,15 +8,18 @@ import asyncio
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
 
+from refundretry.v1 import refund_retry_service_pb2 as pb
 from refundretry.v1 import retry_plan_pb2
 from repository.database import Database
 from service.gateways.base import ChargeOutcome, ChargeRequest, OutcomeKind
 from service.gateways.sandbox import SandboxGateway
 from service.jobs.retry_job import RetryJob
+from tests.integration import builders as b
 from tests.integration.conftest import Client
-from tests.integration.retry_builders import events, failure, plan_of, record, schedule
+from tests.integration.retry_builders import events, failure, plan_of, record, rpc_error, schedule
 
 PS = retry_plan_pb2.RetryPlanStatus
 AO = retry_plan_pb2.AttemptOutcome
@@ -136,6 +139,48 @@ async def test_two_plans_on_one_card_are_attempted_one_after_the_other(
     assert summary.exhausted + summary.blocked_by_rules == 2
     statuses = {(await plan_of(client, p)).status for p in (first, second)}
     assert statuses == {PS.RETRY_PLAN_STATUS_EXHAUSTED}
+
+
+async def test_two_workers_never_charge_one_card_at_once(client: Client, db: Database) -> None:
+    """Worker A is charging plan 1's card (its outcome not recorded yet) when worker B, and a
+    RetryNow, come for plan 2 on the same card: both wait (B counts the plan card_busy and
+    leaves it due; RetryNow is FAILED_PRECONDITION saying why). A's Visa category-1 decline
+    then forbids the card, and B's next run is refused by the rule: one charge in all."""
+    first = (await record(client, failure(outcome="visa:04", card="pm_shared"))).plan.plan_id
+    second = (await record(client, failure(outcome="visa:04", card="pm_shared"))).plan.plan_id
+    calls: list[str] = []
+    charged, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(request: ChargeRequest, outcome: ChargeOutcome) -> None:
+        calls.append(request.plan_id)
+        charged.set()
+        await release.wait()
+
+    due_by = datetime.now(UTC) + DUE
+    worker_a = asyncio.create_task(
+        job(client, db, SandboxGateway(), after_charge=hold).run(due_by=due_by, limit=1)
+    )
+    await asyncio.wait_for(charged.wait(), 30)
+    assert calls == [first]
+    summary = await job(client, db, SandboxGateway()).run(due_by=due_by)
+    assert (summary.claimed, summary.card_busy) == (1, 1)
+    assert calls == [first]
+    error = await rpc_error(
+        client.call(
+            "t-ops", "RetryNow", pb.RetryNowRequest(request_id=b.request_id(), plan_id=second)
+        )
+    )
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "in flight" in (error.details() or "")
+    plan = await plan_of(client, second)
+    assert (plan.status, len(plan.attempts)) == (PS.RETRY_PLAN_STATUS_ACTIVE, 1)
+
+    release.set()
+    assert (await worker_a).exhausted == 1
+    summary = await job(client, db, SandboxGateway()).run(due_by=due_by)
+    assert (summary.claimed, summary.blocked_by_rules, summary.card_busy) == (1, 1, 0)
+    assert calls == [first]
+    assert (await plan_of(client, second)).status == PS.RETRY_PLAN_STATUS_EXHAUSTED
 
 
 class Crash(BaseException):

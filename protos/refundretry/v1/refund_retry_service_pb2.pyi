@@ -794,6 +794,7 @@ class PaymentRetrySummary(_message.Message):
     ERRORS_FIELD_NUMBER: _builtins.int
     DUNNING_STEPS_FIELD_NUMBER: _builtins.int
     NOT_ATTEMPTED_FIELD_NUMBER: _builtins.int
+    CARD_BUSY_FIELD_NUMBER: _builtins.int
     plans_claimed: _builtins.int
     recovered: _builtins.int
     rescheduled: _builtins.int
@@ -810,6 +811,11 @@ class PaymentRetrySummary(_message.Message):
     """The gateway could not be reached (nothing was sent): the attempt uses up nothing and is
     tried again shortly. Plans of a gateway whose circuit breaker is open are not claimed.
     """
+    card_busy: _builtins.int
+    """Another plan's attempt on the same card was in flight (its outcome not known yet): the
+    plan was left due and is attempted by a later run, once that outcome can be checked
+    against the card networks' rules.
+    """
     def __init__(
         self,
         *,
@@ -823,10 +829,11 @@ class PaymentRetrySummary(_message.Message):
         errors: _builtins.int = ...,
         dunning_steps: _builtins.int = ...,
         not_attempted: _builtins.int = ...,
+        card_busy: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_by_rules", b"blocked_by_rules", "dunning_steps", b"dunning_steps", "errors", b"errors", "exhausted", b"exhausted", "not_attempted", b"not_attempted", "outcomes_unknown", b"outcomes_unknown", "plans_claimed", b"plans_claimed", "recovered", b"recovered", "rescheduled", b"rescheduled", "waiting_for_customer", b"waiting_for_customer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_by_rules", b"blocked_by_rules", "card_busy", b"card_busy", "dunning_steps", b"dunning_steps", "errors", b"errors", "exhausted", b"exhausted", "not_attempted", b"not_attempted", "outcomes_unknown", b"outcomes_unknown", "plans_claimed", b"plans_claimed", "recovered", b"recovered", "rescheduled", b"rescheduled", "waiting_for_customer", b"waiting_for_customer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
