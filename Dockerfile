@@ -9,6 +9,7 @@
 #     refund-retry            # = refund-retry serve (gRPC over TLS; HTTP webhooks and probes on 8080)
 #   (for a local try without certificates: -e REFUND_RETRY_PLAINTEXT=true instead of the TLS files)
 #   docker run --rm -e REFUND_RETRY_DATABASE_URL=... refund-retry migrate
+#   docker compose up --build   (docker-compose.yml: with PostgreSQL and RabbitMQ)
 
 # ---- builder: the project's wheel plus wheels of all its dependencies -------------------
 FROM python:3.11-slim AS builder
@@ -28,7 +29,10 @@ RUN pip wheel --no-deps --wheel-dir /wheels . \
 FROM python:3.11-slim AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_NO_INPUT=1 \
-    REFUND_RETRY_GRPC_HOST=0.0.0.0 REFUND_RETRY_GRPC_PORT=50051
+    REFUND_RETRY_GRPC_HOST=0.0.0.0 REFUND_RETRY_GRPC_PORT=50051 \
+    REFUND_RETRY_EMBEDDED_POSTGRES=never
+# (never: a container without REFUND_RETRY_DATABASE_URL stops with a line saying so, rather
+# than keeping refunds in an embedded database inside its own writable layer.)
 # Install from the builder's wheels without copying them into a layer of this image.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels refund-retry \

@@ -35,6 +35,7 @@ import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 from aio_pika.abc import (
@@ -60,6 +61,30 @@ log = logging.getLogger(__name__)
 MAX_RETRY_DELAY = 30.0
 MAX_SETUP_DELAY = 30.0
 MAX_REASON = 2000  # characters of an error kept in the dead-letter header
+
+
+class _RetryNoise(logging.Filter):
+    """Drops the AMQP client's own lines about a connection attempt that failed: aiormq's
+    ERROR "error when creating transport" and aio-pika's "closed. Reconnecting" after it.
+    Whoever made the attempt gets the exception and says what it means (the consumers once,
+    in ``_log_broker_unavailable``), so a broker that is down is not an ERROR every second."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not (
+            text.startswith("error when creating transport")
+            or (record.name == "aio_pika.robust_connection" and "closed. Reconnecting" in text)
+        )
+
+
+_RETRY_NOISE = _RetryNoise()
+
+
+def _quiet_connection_retries() -> None:
+    for name in ("aiormq.connection", "aio_pika.robust_connection"):
+        logger = logging.getLogger(name)
+        if _RETRY_NOISE not in logger.filters:
+            logger.addFilter(_RETRY_NOISE)
 
 
 def delivery_count(message: AbstractIncomingMessage) -> int:
@@ -144,17 +169,28 @@ class Consumers:
                 await connection.close()
 
     async def _set_up_until_done(self) -> None:
+        """Connect, declare and consume, retrying with backoff until it works. A broker that
+        cannot be reached is said once, in one line (the retries are DEBUG lines); any other
+        failure (e.g. a queue declared elsewhere with other arguments) at every try."""
         delay = 1.0
+        failures = 0
+        _quiet_connection_retries()
         while not self._stopping.is_set():
             try:
                 await self._set_up()
             except Exception as exc:
-                log.warning(
-                    "cannot consume from RabbitMQ (%s); trying again in %.0f s",
-                    exc,
-                    delay,
-                    extra={"action": "consumer.setup_failed", "error": type(exc).__name__},
-                )
+                failures += 1
+                unreachable = isinstance(exc, OSError | TimeoutError)
+                if unreachable and failures == 1:
+                    self._log_broker_unavailable(exc)
+                else:
+                    log.log(
+                        logging.DEBUG if unreachable else logging.WARNING,
+                        "cannot consume from RabbitMQ (%s); trying again in %.0f s",
+                        exc,
+                        delay,
+                        extra={"action": "consumer.setup_failed", "error": type(exc).__name__},
+                    )
                 self._consuming.clear()
                 await self._close()
                 with contextlib.suppress(TimeoutError):
@@ -163,12 +199,39 @@ class Consumers:
                 continue
             self.ready.set()
             log.info(
-                "consuming %s from exchange %s",
+                "consuming %s from exchange %s%s",
                 ", ".join(self.topology.queue_name(t) for t in self.specs),
                 self.topology.billing_exchange,
-                extra={"action": "consumer.started", "prefetch": self.config.consumer_prefetch},
+                f" (RabbitMQ is reachable after {failures} failed tries)" if failures else "",
+                extra={
+                    "action": "consumer.started",
+                    "prefetch": self.config.consumer_prefetch,
+                    "failed_tries": failures,
+                },
             )
             return
+
+    def _log_broker_unavailable(self, exc: BaseException) -> None:
+        parts = urlsplit(self.config.rabbitmq_url)
+        try:
+            port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+        except ValueError:
+            port = 5672
+        relay = " and the outbox relay (events wait in the outbox)" if self.config.relay else ""
+        log.warning(
+            "RabbitMQ is not reachable at %s:%s (%s): the consumers of the billing system's "
+            "events%s are off until it is; gRPC, HTTP and the billing job keep running, and "
+            "the connection is retried in the background",
+            parts.hostname,
+            port,
+            exc,
+            relay,
+            extra={
+                "action": "consumer.setup_failed",
+                "error": type(exc).__name__,
+                "broker_unavailable": True,
+            },
+        )
 
     async def _set_up(self) -> None:
         connection = self._connection = await aio_pika.connect_robust(

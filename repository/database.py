@@ -51,9 +51,7 @@ class UnitOfWork:
     that statement to the COMMIT."""
 
     before_commit: list[Callable[[Connection], Awaitable[None]]] = field(default_factory=list)
-    last_before_commit: list[Callable[[Connection], Awaitable[None]]] = field(
-        default_factory=list
-    )
+    last_before_commit: list[Callable[[Connection], Awaitable[None]]] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,11 +1,12 @@
 """The ``refund-retry`` command: serve, migrate, run-billing-job, verify-audit, reconcile,
-simulate."""
+simulate, demo."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
@@ -14,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from repository.database import Database, ensure_database, migrate
-from service import audit, reconciliation
+from service import audit, demo, embedded_db, reconciliation
 from service.config import Config
 from service.errors import ConfigError
 from service.logs import configure
@@ -31,8 +32,10 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 
 async def _migrate(config: Config) -> int:
-    created = await ensure_database(config.database_url)
-    applied = await migrate(config.database_url)
+    # With no PostgreSQL and DATABASE_URL not set: the embedded one (service/embedded_db.py).
+    async with embedded_db.database(config, apply_migrations=False) as config:
+        created = await ensure_database(config.database_url)
+        applied = await migrate(config.database_url)
     print(
         ("created the database; " if created else "")
         + (f"applied migrations {applied}" if applied else "schema is up to date")
@@ -50,9 +53,31 @@ async def _database(config: Config, size: int = 1) -> AsyncIterator[Database]:
 
 
 async def _serve(config: Config) -> int:
+    """Serve until SIGTERM or SIGINT. With no PostgreSQL and DATABASE_URL not set, on an
+    embedded one, migrated here (the user has no separate step) and stopped on the way out.
+    A signal before the service has taken over the signals (``serve`` does once it runs)
+    cancels the start-up, so the embedded server is stopped then too."""
     from service.server import serve
 
-    await serve(config)
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    stopped_early = False
+
+    def stop_early() -> None:
+        nonlocal stopped_early
+        stopped_early = True
+        main.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_early)
+    try:
+        async with embedded_db.database(config, apply_migrations=True) as config:
+            await serve(config)
+    except asyncio.CancelledError:
+        if not stopped_early:
+            raise
+        print("refund-retry: stopped while starting", file=sys.stderr)
     return 0
 
 
@@ -187,16 +212,22 @@ def main(argv: list[str] | None = None) -> int:
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text)
     _add_simulate(sub)
+    demo.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         config = Config.from_env()
         configure(config.log_level, config.log_format)
         if args.command == "simulate":
             return _run(_simulate(args))
+        if args.command == "demo":
+            return _run(demo.run(args))
         return _run(COMMANDS[args.command][0](config))
     except ConfigError as exc:
         print(f"refund-retry: configuration error: {exc.message}", file=sys.stderr)
         return 2
+    except embedded_db.EmbeddedDatabaseError as exc:
+        print(f"refund-retry: {exc.message}", file=sys.stderr)
+        return 1
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"refund-retry: cannot use the database or network: {exc}", file=sys.stderr)
         return 1

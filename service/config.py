@@ -26,6 +26,18 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "postgresql://postgres@127.0.0.1:5432/refund_retry",
         "PostgreSQL URL; `migrate` creates the database when missing",
     ),
+    "EMBEDDED_POSTGRES": (
+        "auto",
+        "auto: when DATABASE_URL is not set and nothing answers at its default address, "
+        "`serve` and `migrate` start an embedded PostgreSQL (see First run); always: the "
+        "embedded one, with DATABASE_URL not set; never",
+    ),
+    "EMBEDDED_POSTGRES_DIR": (
+        "",
+        "data directory of the embedded PostgreSQL, kept across runs (default "
+        "`$XDG_DATA_HOME/refund-retry/postgres`, else `~/.local/share/refund-retry/postgres`; "
+        "for root `/var/lib/refund-retry/postgres`)",
+    ),
     "GRPC_HOST": ("0.0.0.0", "address the gRPC server binds"),  # noqa: S104
     "GRPC_PORT": ("50051", "gRPC port"),
     "HTTP_HOST": ("0.0.0.0", "address the HTTP server (webhooks, probes) binds"),  # noqa: S104
@@ -285,6 +297,22 @@ def _hmac_keys(text: str) -> str:
     return text
 
 
+def _default_data_dir(env: Mapping[str, str]) -> str:
+    """Where the embedded PostgreSQL keeps its data unless told: the XDG base directory
+    specification's data home (``$XDG_DATA_HOME``, used only when absolute, else
+    ``~/.local/share``); for root without ``XDG_DATA_HOME``, ``/var/lib``: run as root,
+    embedded-postgres makes every directory above the data directory traversable by its
+    server's user, which must not open up root's home."""
+    xdg = env.get("XDG_DATA_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        base = Path(xdg)
+    elif os.geteuid() == 0:
+        base = Path("/var/lib")
+    else:
+        base = Path(env.get("HOME") or Path.home()) / ".local" / "share"
+    return str(base / "refund-retry" / "postgres")
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     database_url: str
@@ -338,6 +366,9 @@ class Config:
     adyen_webhook_password: str
     breaker_failures: int
     breaker_cooldown_seconds: int
+    embedded_postgres: str  # auto, always or never (service/embedded_db.py)
+    embedded_postgres_dir: str  # absolute; the default resolved from XDG_DATA_HOME or HOME
+    database_url_given: bool  # DATABASE_URL was set: never replaced by an embedded database
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -443,6 +474,9 @@ class Config:
             adyen_webhook_password=webhook_password,
             breaker_failures=get("BREAKER_FAILURES", _int(1, 1000)),
             breaker_cooldown_seconds=get("BREAKER_COOLDOWN_SECONDS", _int(1, 86400)),
+            embedded_postgres=get("EMBEDDED_POSTGRES", _choice("auto", "always", "never")),
+            embedded_postgres_dir=get("EMBEDDED_POSTGRES_DIR", str) or _default_data_dir(env),
+            database_url_given=PREFIX + "DATABASE_URL" in env,
         )
 
     def __repr__(self) -> str:

@@ -13,12 +13,14 @@ from refundretry.v1 import (
     billing_events_pb2,
     money_pb2,
     payment_pb2,
+    refund_pb2,
     refund_retry_service_pb2,
     retry_plan_pb2,
 )
-from service import payments, retries
+from service import payments, refunds, retries
 from service.domain.decline_codes import Decline
 from service.domain.money import Money
+from service.domain.refund_states import RefundStatus
 from service.domain.retry_plan import Method
 from service.domain.retry_schedule import DEFAULT_PAYMENT_SCHEDULE
 from service.errors import InvalidArgument
@@ -113,4 +115,22 @@ def record_failure(
         wallet=tuple(payment_method(m, f"wallet[{i}]") for i, m in enumerate(message.wallet)),
         schedule_code=message.retry_schedule_code or DEFAULT_PAYMENT_SCHEDULE,
         metadata=dict(message.metadata),
+    )
+
+
+def list_refunds(request: refund_retry_service_pb2.ListRefundsRequest) -> refunds.ListRefunds:
+    """What a ListRefunds request (the RPC, or the dashboard's JSON endpoint) asks of
+    ``service.refunds.list_refunds``."""
+    status = None
+    if request.status:
+        name = refund_pb2.RefundStatus.Name(request.status).removeprefix("REFUND_STATUS_")
+        status = RefundStatus(name)
+    return refunds.ListRefunds(
+        page_size=request.page_size,
+        page_token=request.page_token,
+        status=status,
+        payment_id=request.payment_id,
+        customer_id=request.customer_id,
+        start=optional_time(request, "create_time_start"),
+        end=optional_time(request, "create_time_end"),
     )

@@ -31,6 +31,7 @@ from service.gateways.sandbox import SandboxGateway
 from service.grpc.servicer import RefundRetryServicer
 from service.health import DatabaseHealth
 from service.http.analytics import AnalyticsRoutes
+from service.http.dashboard import DashboardRoutes
 from service.http.health import HealthRoutes
 from service.http.metrics import MetricsRoutes
 from service.http.server import HttpServer, Routes
@@ -178,8 +179,8 @@ def build_http_server(
     health: DatabaseHealth,
     metrics: Metrics | None = None,
 ) -> tuple[HttpServer, WebhookRoutes]:
-    """The HTTP port and its routes: gateway webhooks, the health probes, the analytics JSON
-    and, given ``metrics``, ``/metrics`` (the dashboard is added to the list the same way)."""
+    """The HTTP port and its routes: gateway webhooks, the health probes, the analytics JSON,
+    the dashboard and, given ``metrics``, ``/metrics``."""
     webhooks = WebhookRoutes(
         WebhookEvents(db, job),
         WebhookSecrets(
@@ -193,6 +194,7 @@ def build_http_server(
         webhooks,
         HealthRoutes(health),
         AnalyticsRoutes(db, config.require_tokens(), config.analytics_time_zones),
+        DashboardRoutes(db, config.require_tokens()),
     ]
     if metrics is not None:
         routes.append(MetricsRoutes(metrics))

@@ -16,7 +16,6 @@ from refundretry.v1 import (
     analytics_pb2,
     dunning_pb2,
     events_pb2,
-    refund_pb2,
     refund_policy_pb2,
     retry_plan_pb2,
     retry_schedule_pb2,
@@ -48,7 +47,6 @@ from service.domain.approval_policy import ApprovalTier
 from service.domain.dunning import Campaign, FinalAction, Step, StepKind
 from service.domain.money import Money
 from service.domain.refund_plan import LineRequest
-from service.domain.refund_states import RefundStatus
 from service.domain.retry_plan import PlanStatus
 from service.domain.retry_schedule import (
     DEFAULT_REFUND_SCHEDULE,
@@ -317,22 +315,7 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
     async def ListRefunds(
         self, request: pb.ListRefundsRequest, principal: Principal
     ) -> pb.ListRefundsResponse:
-        status = None
-        if request.status:
-            name = refund_pb2.RefundStatus.Name(request.status).removeprefix("REFUND_STATUS_")
-            status = RefundStatus(name)
-        rows, token = await refunds.list_refunds(
-            self.db,
-            refunds.ListRefunds(
-                page_size=request.page_size,
-                page_token=request.page_token,
-                status=status,
-                payment_id=request.payment_id,
-                customer_id=request.customer_id,
-                start=optional_time(request, "create_time_start"),
-                end=optional_time(request, "create_time_end"),
-            ),
-        )
+        rows, token = await refunds.list_refunds(self.db, messages.list_refunds(request))
         return pb.ListRefundsResponse(
             refunds=[convert.refund(r) for r in rows], next_page_token=token
         )

@@ -199,18 +199,29 @@ class Relay:
         confirmed) reconnects to the broker with backoff and keeps the lead; a database error
         propagates (the lead is then lost with the connection)."""
         backoff = 0.1
+        failures = 0  # connection attempts failed in a row: the first is said, the rest DEBUG
         while True:
             try:
                 publisher = await Publisher.open(self._amqp_url, self._exchange)
             except Exception as exc:  # only the broker is involved here
-                log.warning(
-                    "outbox relay cannot reach RabbitMQ (%s: %s); retrying in %.1f s",
+                failures += 1
+                log.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "outbox relay cannot reach RabbitMQ (%s: %s): events wait in the outbox, "
+                    "none is lost; retrying in the background (next in %.1f s)",
                     type(exc).__name__,
                     exc,
                     backoff,
-                    extra={"action": "relay.broker_down"},
+                    extra={"action": "relay.broker_down", "failures": failures},
                 )
             else:
+                if failures:
+                    log.info(
+                        "outbox relay reached RabbitMQ after %d failed tries; publishing",
+                        failures,
+                        extra={"action": "relay.broker_back", "failures": failures},
+                    )
+                    failures = 0
                 try:
                     await self._drain(conn, publisher)
                 except BrokerTrouble as exc:

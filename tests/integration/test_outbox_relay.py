@@ -169,7 +169,13 @@ async def test_a_broker_restart_mid_stream_loses_no_event(
     await bind_queue(broker)
     await broker.close()
     relay = relay_for(database_url, broker, batch=20)
-    writer = asyncio.create_task(write_events(db, 400, aggregates=5, per_transaction=1))
+    writing = True
+
+    async def keep_writing() -> None:  # until told to stop, however fast the writes are
+        while writing:
+            await write_events(db, 10, aggregates=5, per_transaction=1)
+
+    writer = asyncio.create_task(keep_writing())
     stopped = False
     async with running(relay):
         try:
@@ -182,6 +188,9 @@ async def test_a_broker_restart_mid_stream_loses_no_event(
             if stopped:
                 await asyncio.to_thread(rabbitmqctl, "start_app")
                 await wait_for_broker(amqp_url(rabbitmq_vhost))
+                written = len(await outbox_rows(db))
+                await eventually(lambda: _written(db, written + 50))  # after it is back
+            writing = False
             await writer
         await all_published(db)
     channel = await (await broker.connect()).channel()
