@@ -209,13 +209,14 @@ def build_http_server(
 
 async def _billing_loop(job: BillingJob, interval: int, batch: int) -> None:
     """Run the billing job every ``interval`` seconds, and at once again while a run found a
-    full batch of work (a backlog)."""
+    full batch of work (a backlog of refund details or of due payment retries)."""
     while True:
         backlog = False
         correlation.begin(None)  # one id per run: its log lines and events share it
         try:
             summary = await job.run(JobRequest(limit=batch))
-            backlog = summary.claimed >= batch
+            # A full batch of refund details or of payment retries: more is waiting.
+            backlog = summary.claimed >= batch or summary.payment_retries.claimed >= batch
         except Exception:
             log.exception(
                 "billing job run failed; next run in %d s",
