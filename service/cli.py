@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Coroutine
@@ -16,7 +17,7 @@ import asyncpg
 
 from repository.database import Database, ensure_database, migrate
 from service import audit, demo, embedded_db, reconciliation
-from service.config import Config
+from service.config import PREFIX, ROLES, Config
 from service.errors import ConfigError
 from service.logs import configure
 
@@ -210,12 +211,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text)
+        command = sub.add_parser(name, help=help_text)
+        if name == "serve":
+            command.add_argument(
+                "--roles",
+                metavar="ROLE,...",
+                help=f"what this process does, of {','.join(ROLES)} (default: all; the same as "
+                f"{PREFIX}ROLES): to split the work over replicas",
+            )
     _add_simulate(sub)
     demo.add_parser(sub)
     args = parser.parse_args(argv)
     try:
-        config = Config.from_env()
+        env = dict(os.environ)
+        if getattr(args, "roles", None) is not None:
+            env[f"{PREFIX}ROLES"] = args.roles
+        config = Config.from_env(env)
         configure(config.log_level, config.log_format)
         if args.command == "simulate":
             return _run(_simulate(args))

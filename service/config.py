@@ -144,6 +144,12 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "",
         "file holding the RabbitMQ URL (it carries the password), instead of RABBITMQ_URL",
     ),
+    "ROLES": (
+        "grpc,http,consumers,relay,scheduler",
+        "what this `serve` process does (`serve --roles` sets it), to split the work over "
+        "replicas: grpc (the API), http (webhooks, dashboard, metrics, probes), consumers, relay "
+        "(the outbox to RabbitMQ), scheduler (the billing job and the analytics roll-up)",
+    ),
     "CONSUMERS": ("true", "whether `serve` consumes the billing system's events (true or false)"),
     "BILLING_EXCHANGE": (
         "billing.events",
@@ -247,6 +253,19 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+ROLES = ("grpc", "http", "consumers", "relay", "scheduler")
+
+
+def _roles(text: str) -> frozenset[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(ROLES))
+    if unknown:
+        raise ValueError(f"unknown role {', '.join(unknown)}; the roles are {', '.join(ROLES)}")
+    if not names:
+        raise ValueError(f"must name at least one of {', '.join(ROLES)}")
+    return frozenset(names)
+
+
 def _flag(text: str) -> bool:
     if text not in ("true", "false"):
         raise ValueError("must be true or false")
@@ -344,6 +363,7 @@ class Config:
     log_level: str
     log_format: str
     rabbitmq_url: str
+    roles: frozenset[str]  # what serve runs: a subset of ROLES
     consumers: bool
     billing_exchange: str
     consumer_queue_prefix: str
@@ -452,6 +472,7 @@ class Config:
             log_level=get("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
             log_format=get("LOG_FORMAT", _choice("json", "text")),
             rabbitmq_url=secret("RABBITMQ_URL", _amqp_url),
+            roles=get("ROLES", _roles),
             consumers=get("CONSUMERS", _flag),
             billing_exchange=get("BILLING_EXCHANGE", _amqp_name),
             consumer_queue_prefix=get("CONSUMER_QUEUE_PREFIX", _amqp_name),

@@ -21,7 +21,7 @@ from consumers.runner import Consumers
 from refundretry.v1 import refund_retry_service_pb2, refund_retry_service_pb2_grpc
 from repository.database import Database, pending_migrations
 from service import analytics, correlation
-from service.config import PREFIX, Config
+from service.config import PREFIX, ROLES, Config
 from service.domain.network_rules import NetworkLimits
 from service.errors import ConfigError
 from service.gateways.adyen_notifications import parse_hmac_keys
@@ -128,11 +128,11 @@ class Service:
 
     config: Config
     db: Database
-    server: grpc.aio.Server
+    server: grpc.aio.Server | None  # None when this process has no grpc role
     health: HealthServicer
     gateways: dict[str, ChargingGateway]
     billing_job: BillingJob
-    port: int
+    port: int  # the gRPC port (0 without the grpc role)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     consumers: Consumers | None = None  # RabbitMQ consumers, when CONSUMERS is true
     feed: EventFeed | None = None  # the outbox tail behind WatchEvents
@@ -156,7 +156,9 @@ class Service:
             await self.feed.close()
         # Both ports stop accepting and drain their calls in flight within the grace period.
         await asyncio.gather(
-            self.server.stop(self.config.shutdown_grace_seconds),
+            self.server.stop(self.config.shutdown_grace_seconds)
+            if self.server is not None
+            else asyncio.sleep(0),
             self.http.stop() if self.http is not None else asyncio.sleep(0),
         )
         if self.consumers is not None:
@@ -245,39 +247,47 @@ async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
     assert retry_job is not None
     database_health = DatabaseHealth(db)
     metrics.watch(db, database_health, gateways)
-    http, webhooks = build_http_server(config, db, job, database_health, metrics)
-    try:
-        await http.start()
-    except OSError:
-        await db.close()
-        raise
-    feed = EventFeed(config.database_url, buffer=config.watch_buffer)
-    server = grpc.aio.server(
-        interceptors=[metrics.grpc_interceptor], options=[("grpc.so_reuseport", 0)]
-    )
-    refund_retry_service_pb2_grpc.add_RefundRetryServiceServicer_to_server(
-        RefundRetryServicer(
-            db, tokens, job, retry_job, feed, analytics_zones=config.analytics_time_zones
-        ),
-        server,
-    )
+    roles = config.roles
+    http: HttpServer | None = None
+    if "http" in roles:
+        http, webhooks = build_http_server(config, db, job, database_health, metrics)
+        try:
+            await http.start()
+        except OSError:
+            await db.close()
+            raise
+    feed: EventFeed | None = None
+    server: grpc.aio.Server | None = None
     health_servicer = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
-    address = f"{config.grpc_host}:{config.grpc_port}"
-    port = transport.add_port(server, address)
-    if port == 0:
-        await http.stop()
-        await db.close()
-        raise OSError(f"cannot listen for gRPC on {address}: in use or not an address here")
-    await server.start()
+    port = 0
+    if "grpc" in roles:
+        feed = EventFeed(config.database_url, buffer=config.watch_buffer)
+        server = grpc.aio.server(
+            interceptors=[metrics.grpc_interceptor], options=[("grpc.so_reuseport", 0)]
+        )
+        refund_retry_service_pb2_grpc.add_RefundRetryServiceServicer_to_server(
+            RefundRetryServicer(
+                db, tokens, job, retry_job, feed, analytics_zones=config.analytics_time_zones
+            ),
+            server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        address = f"{config.grpc_host}:{config.grpc_port}"
+        port = transport.add_port(server, address)
+        if port == 0:
+            if http is not None:
+                await http.stop()
+            await db.close()
+            raise OSError(f"cannot listen for gRPC on {address}: in use or not an address here")
+        await server.start()
 
     async def report(ready: bool) -> None:
         status = (
@@ -304,14 +314,15 @@ async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
         database_health=database_health,
         metrics=metrics,
     )
-    log.info(
-        "serving HTTP on %s:%d (webhooks: %s)",
-        config.http_host,
-        http.port,
-        ", ".join(f"{gateway} {state}" for gateway, state in webhooks.describe().items()),
-        extra={"action": "http.started", "port": http.port, "webhooks": webhooks.describe()},
-    )
-    if config.relay:
+    if http is not None:
+        log.info(
+            "serving HTTP on %s:%d (webhooks: %s)",
+            config.http_host,
+            http.port,
+            ", ".join(f"{gateway} {state}" for gateway, state in webhooks.describe().items()),
+            extra={"action": "http.started", "port": http.port, "webhooks": webhooks.describe()},
+        )
+    if config.relay and "relay" in roles:
         service.relay = Relay(
             config.database_url,
             config.rabbitmq_url,
@@ -319,9 +330,10 @@ async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
             batch=config.relay_batch,
         )
         service.tasks.append(asyncio.create_task(service.relay.run(), name="outbox-relay"))
-    if config.consumers:
+    if config.consumers and "consumers" in roles:
         service.consumers = Consumers(config, db, retry_job.context, metrics=metrics)
         service.consumers.start()
+    run_billing_loop = run_billing_loop and "scheduler" in roles
     if run_billing_loop and config.billing_job_interval:
         service.tasks.append(
             asyncio.create_task(
@@ -339,19 +351,32 @@ async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
                 name="analytics-rollup",
             )
         )
-    log.log(
-        logging.WARNING if transport.security is Security.PLAINTEXT else logging.INFO,
-        "serving gRPC on %s:%d over %s",
-        config.grpc_host,
-        port,
-        transport.describe(),
-        extra={
-            "action": "service.started",
-            "port": port,
-            "transport": transport.security.value,
-            "gateways": sorted(gateways),
-        },
-    )
+    if set(ROLES) - roles:
+        log.info(
+            "this process's roles: %s (not %s)",
+            ", ".join(r for r in ROLES if r in roles),
+            ", ".join(r for r in ROLES if r not in roles),
+            extra={"action": "service.roles", "roles": [r for r in ROLES if r in roles]},
+        )
+    if server is not None:
+        log.log(
+            logging.WARNING if transport.security is Security.PLAINTEXT else logging.INFO,
+            "serving gRPC on %s:%d over %s",
+            config.grpc_host,
+            port,
+            transport.describe(),
+            extra={
+                "action": "service.started",
+                "port": port,
+                "transport": transport.security.value,
+                "gateways": sorted(gateways),
+            },
+        )
+    else:
+        log.info(
+            "started without gRPC",
+            extra={"action": "service.started", "port": 0, "gateways": sorted(gateways)},
+        )
     return service
 
 
