@@ -1,10 +1,12 @@
 """Reading the outbox: the relay's unpublished rows, and the rows and snapshot facts the
-WatchEvents feed needs. Rows are written by ``journal.add_outbox``."""
+WatchEvents feed needs; deleting published rows past their retention. Rows are written by
+``journal.add_outbox``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -116,3 +118,16 @@ async def replay(
         limit,
     )
     return [_stored(r) for r in rows]
+
+
+async def prune_published(conn: Connection, older_than: datetime, limit: int) -> tuple[int, int]:
+    """Delete up to ``limit`` events published before ``older_than``: (how many, and the
+    highest position deleted so far)."""
+    row = await conn.fetchrow(Q["prune_published"], older_than, limit)
+    assert row is not None
+    return int(row["deleted"]), int(row["pruned_through"])
+
+
+async def pruned_through(conn: Connection) -> int:
+    """The highest position deleted so far (0: none)."""
+    return int(await conn.fetchval(Q["pruned_through"]))

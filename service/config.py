@@ -172,6 +172,12 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "DEAD_LETTER_EXCHANGE": ("refund-retry.dead-letter", "exchange of rejected messages"),
     "DEAD_LETTER_QUEUE": ("refund-retry.dead-letter", "queue of rejected messages, with reasons"),
     "RELAY": ("true", "whether `serve` publishes the outbox to RabbitMQ (true or false)"),
+    "OUTBOX_RETENTION_DAYS": (
+        "7",
+        "published events older than this are deleted from the outbox (by the scheduler role, "
+        "every 10 min); WatchEvents refuses a cursor older than what was deleted; 0 keeps them "
+        "for ever",
+    ),
     "EVENTS_EXCHANGE": (
         "refund-retry.events",
         "topic exchange the relay publishes this service's events to (declared when missing)",
@@ -372,6 +378,7 @@ class Config:
     consumer_retry_delay_ms: int
     dead_letter_exchange: str
     dead_letter_queue: str
+    outbox_retention_days: int  # 0: keep published events for ever
     relay: bool
     events_exchange: str
     relay_batch: int
@@ -482,6 +489,7 @@ class Config:
             dead_letter_exchange=get("DEAD_LETTER_EXCHANGE", _amqp_name),
             dead_letter_queue=get("DEAD_LETTER_QUEUE", _amqp_name),
             relay=get("RELAY", _flag),
+            outbox_retention_days=get("OUTBOX_RETENTION_DAYS", _int(0, 36500)),
             events_exchange=get("EVENTS_EXCHANGE", _amqp_name),
             relay_batch=get("RELAY_BATCH", _int(1, 10_000)),
             watch_buffer=get("WATCH_BUFFER", _int(10, 1_000_000)),

@@ -64,6 +64,10 @@ class Unauthenticated(ServiceError):
     """The call carries no valid bearer token."""
 
 
+class OutOfRange(ServiceError):
+    """The request asks for something past what is kept."""
+
+
 class Unavailable(ServiceError):
     """A dependency is unavailable; the call may be retried."""
 

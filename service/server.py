@@ -39,6 +39,7 @@ from service.http.webhooks import WebhookRoutes, WebhookSecrets
 from service.jobs.billing_job import BillingJob, JobRequest
 from service.jobs.retry_job import RetryJob
 from service.metrics import MeteredBillingJob, Metrics
+from service.outbox import retention
 from service.outbox.feed import EventFeed
 from service.outbox.relay import Relay
 from service.retries import RetryContext
@@ -339,6 +340,12 @@ async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
             asyncio.create_task(
                 _billing_loop(job, config.billing_job_interval, config.billing_job_batch),
                 name="billing-job",
+            )
+        )
+    if run_billing_loop and config.outbox_retention_days:
+        service.tasks.append(
+            asyncio.create_task(
+                retention.prune_loop(db, config.outbox_retention_days), name="outbox-retention"
             )
         )
     if run_billing_loop and config.analytics_rollup_seconds:

@@ -49,3 +49,29 @@ SELECT position, event_type, customer_id, payment_id, subscription_id, payload
    AND ($7::text IS NULL OR subscription_id = $7)
  ORDER BY position
  LIMIT $8;
+
+-- name: prune_published
+-- Delete up to $2 published events older than $1, the lowest positions first (position order
+-- is close to publishing order, so the scan stops soon after the last old row), and raise
+-- pruned_through past them in the same transaction. Unpublished rows are never deleted.
+WITH gone AS (
+    DELETE FROM outbox
+     WHERE position = ANY(ARRAY(
+               SELECT position FROM outbox
+                WHERE published_at < $1
+                ORDER BY position
+                LIMIT $2))
+    RETURNING position
+), moved AS (
+    UPDATE outbox_retention
+       SET pruned_through = greatest(pruned_through, (SELECT max(position) FROM gone)),
+           pruned_at = now()
+     WHERE id = 1 AND EXISTS (SELECT 1 FROM gone)
+    RETURNING pruned_through
+)
+SELECT (SELECT count(*) FROM gone) AS deleted,
+       coalesce((SELECT pruned_through FROM moved),
+                (SELECT pruned_through FROM outbox_retention WHERE id = 1)) AS pruned_through;
+
+-- name: pruned_through
+SELECT pruned_through FROM outbox_retention WHERE id = 1;

@@ -24,6 +24,7 @@ CODES: tuple[tuple[type[errors.ServiceError], int], ...] = (
     (errors.PermissionDenied, code_pb2.PERMISSION_DENIED),
     (errors.Unauthenticated, code_pb2.UNAUTHENTICATED),
     (errors.Unavailable, code_pb2.UNAVAILABLE),
+    (errors.OutOfRange, code_pb2.OUT_OF_RANGE),
 )
 
 

@@ -7,6 +7,11 @@ read up to the horizon at which the stream subscribed, so the replay and the liv
 without a gap or an overlap, and a client that resumes after the last cursor it saw misses
 nothing.
 
+Published events are deleted after ``OUTBOX_RETENTION_DAYS`` (``service.outbox.retention``). A
+cursor below the highest position deleted so far may have lost events after it: the stream is
+refused with OUT_OF_RANGE (at the start, or when a deletion overtakes a replay) instead of
+going on with a silent gap. A stream without a cursor replays what is kept.
+
 A slow watcher cannot make the process grow: its live buffer is bounded, and when it
 overflows the stream drops the buffer and catches up from the table (the same replay, from
 its cursor to the current horizon) before it takes live events again. It never loses an event
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 from repository import outbox
 from repository.database import Database
 from repository.outbox import EventFilter, StoredEvent
-from service.errors import InvalidArgument, Unavailable
+from service.errors import InvalidArgument, OutOfRange, Unavailable
 from service.outbox.feed import EventFeed
 
 _TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\.?$")
@@ -106,8 +111,10 @@ async def events(
     every event committed before the call has been sent."""
     wanted = request.wanted
     cursor = request.after or 0
+    # Only a cursor is promised "everything after it"; no cursor means what is kept.
+    guarded = request.after is not None
     if request.until_caught_up:
-        async for event in _replay(db, wanted, cursor, await feed.settled()):
+        async for event in _replay(db, wanted, cursor, await feed.settled(), guarded):
             yield event
         return
     subscription = await feed.subscribe(wanted)
@@ -115,7 +122,7 @@ async def events(
         if request.live_only:
             cursor = subscription.start
         while True:
-            async for event in _replay(db, wanted, cursor, subscription.start):
+            async for event in _replay(db, wanted, cursor, subscription.start, guarded):
                 yield event
                 cursor = event.position
             cursor = max(cursor, subscription.start)
@@ -133,13 +140,23 @@ async def events(
 
 
 async def _replay(
-    db: Database, wanted: EventFilter, after: int, upto: int
+    db: Database, wanted: EventFilter, after: int, upto: int, guarded: bool
 ) -> AsyncIterator[StoredEvent]:
     """The matching events in (after, upto], a page at a time (a connection is held only
-    while a page is read, not while the client takes it)."""
+    while a page is read, not while the client takes it). ``guarded``: each page is checked
+    against the retention's deletions, read after it, so a page that may miss a deleted
+    event is never sent."""
     while after < upto:
         async with db.connection() as conn:
             page = await outbox.replay(conn, wanted, after, upto, REPLAY_PAGE)
+            pruned = await outbox.pruned_through(conn) if guarded else 0
+        if pruned > after:
+            raise OutOfRange(
+                f"events after cursor {after} up to {pruned} have been deleted (published "
+                "events are kept for REFUND_RETRY_OUTBOX_RETENTION_DAYS): start again without "
+                "a cursor, or with live_only",
+                pruned_through=pruned,
+            )
         for event in page:
             yield event
         if len(page) < REPLAY_PAGE:

@@ -53,7 +53,11 @@ async def test_an_api_replica_and_a_worker_replica_share_the_work(
 
             async with replica(database_url, "scheduler", **fast) as worker:
                 assert (worker.server, worker.http, worker.port) == (None, None, 0)
-                assert {t.get_name() for t in worker.tasks} == {"billing-job", "analytics-rollup"}
+                assert {t.get_name() for t in worker.tasks} == {
+                    "billing-job",
+                    "outbox-retention",
+                    "analytics-rollup",
+                }
                 deadline = time.monotonic() + 20
                 while (await b.get_refund(client, refund.refund_id)).status != (
                     refund_pb2.REFUND_STATUS_SUCCEEDED

@@ -1729,6 +1729,8 @@ class WatchEventsRequest(_message.Message):
     after: _builtins.str
     """Resume after this cursor: the `cursor` of the last event received. Empty: start
     with the oldest stored event (or, with live_only, with the events committed from now).
+    Published events are kept for OUTBOX_RETENTION_DAYS: a cursor that deleted events have
+    overtaken is OUT_OF_RANGE (also mid-replay), never resumed with a gap.
     """
     live_only: _builtins.bool
     """Without a cursor, skip the stored history and send only events committed from now."""
