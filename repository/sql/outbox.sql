@@ -51,15 +51,14 @@ SELECT position, event_type, customer_id, payment_id, subscription_id, payload
  LIMIT $8;
 
 -- name: prune_published
--- Delete up to $2 published events older than $1, the lowest positions first (position order
--- is close to publishing order, so the scan stops soon after the last old row), and raise
--- pruned_through past them in the same transaction. Unpublished rows are never deleted.
+-- Delete up to $2 events published before $1, the oldest first (outbox_published_idx), and
+-- raise pruned_through past them in the same transaction. Unpublished rows are never deleted.
 WITH gone AS (
     DELETE FROM outbox
      WHERE position = ANY(ARRAY(
                SELECT position FROM outbox
                 WHERE published_at < $1
-                ORDER BY position
+                ORDER BY published_at
                 LIMIT $2))
     RETURNING position
 ), moved AS (
