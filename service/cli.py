@@ -222,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_simulate(sub)
     demo.add_parser(sub)
     args = parser.parse_args(argv)
+    # No child process of ours uses gRPC. Without fork support gRPC's core installs no fork
+    # handlers, and prints no line of its own (not JSON) when serve runs pg_ctl to stop the
+    # embedded PostgreSQL. Read when gRPC is first imported, which is after this.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
     try:
         env = dict(os.environ)
         if getattr(args, "roles", None) is not None:
