@@ -292,12 +292,14 @@ async def attempt_facts(
     return {r["plan_id"]: r for r in await conn.fetch(Q["attempt_facts"], list(plan_ids))}
 
 
-async def busy_cards(
-    conn: Connection, cards: Sequence[str], plan_ids: Sequence[uuid.UUID]
-) -> set[str]:
-    """Lock ``cards`` for this transaction and return those with an attempt of a plan not in
-    ``plan_ids`` still in flight (see ``busy_cards`` in sql/retries.sql)."""
-    return {r["card"] for r in await conn.fetch(Q["busy_cards"], list(cards), list(plan_ids))}
+async def busy_cards(conn: Connection, cards: Sequence[tuple[str, uuid.UUID]]) -> set[uuid.UUID]:
+    """Lock the cards of these (card, plan) pairs for this transaction and return the plans
+    whose card has another plan's attempt still in flight (``busy_cards`` in
+    sql/retries.sql)."""
+    rows = await conn.fetch(
+        Q["busy_cards"], [card for card, _ in cards], [plan for _, plan in cards]
+    )
+    return {r["plan_id"] for r in rows}
 
 
 async def insert_attempts(conn: Connection, attempts: Sequence[NewAttempt]) -> list[uuid.UUID]:

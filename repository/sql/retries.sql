@@ -203,22 +203,26 @@ SELECT DISTINCT ON (a.plan_id)
  ORDER BY a.plan_id, a.attempt_number DESC;
 
 -- name: busy_cards
--- Attempts on one card never overlap across workers. Each card about to be charged is locked
--- (a transaction-level advisory lock, taken in card order so two chunks never wait on each
--- other in a cycle) and then named busy when another plan has an attempt on it whose outcome
--- is not known yet (OPEN: being charged; UNKNOWN: waiting to be replayed). The locks last to
--- the caller's COMMIT, by which its own OPEN attempts are visible to the next check, so of two
--- workers charging plans on one card, the second sees the first's attempt in flight and waits
--- for its outcome. MATERIALIZED keeps each card's check after its lock. (A chunk holds one
--- lock per card: chunks x cards stay far below PostgreSQL's shared lock table.)
-WITH locked AS MATERIALIZED (
+-- Attempts on one card never overlap. Each card about to be charged ($1, for the plan beside
+-- it in $2) is locked (a transaction-level advisory lock; all of them, in card order, before
+-- any check, so two chunks never wait on each other in a cycle), and a plan is named busy when
+-- another plan has an attempt on its card whose outcome is not known yet (OPEN: being
+-- charged; UNKNOWN: waiting to be replayed), whether that plan is in another worker's chunk
+-- or in this one. The locks last to the caller's COMMIT, by which its own OPEN attempts are
+-- visible to the next check: of two workers charging plans on one card, the second sees the
+-- first's attempt in flight and waits for its outcome. (A chunk holds one lock per card:
+-- chunks x cards stay far below PostgreSQL's shared lock table.)
+WITH wanted AS (
+    SELECT * FROM unnest($1::text[], $2::uuid[]) AS w(card, plan_id)
+), locked AS MATERIALIZED (
     SELECT card, pg_advisory_xact_lock(hashtextextended('card:' || card, 0))
-      FROM (SELECT DISTINCT card FROM unnest($1::text[]) AS card ORDER BY card) cards
+      FROM (SELECT DISTINCT card FROM wanted ORDER BY card) cards
 )
-SELECT card FROM locked
- WHERE EXISTS (SELECT 1 FROM payment_attempt a
-                WHERE a.payment_method_id = locked.card AND a.outcome IN ('OPEN', 'UNKNOWN')
-                  AND a.plan_id <> ALL($2::uuid[]));
+SELECT w.plan_id FROM wanted w
+ WHERE (SELECT count(*) FROM locked) >= 0  -- every lock taken before the first check
+   AND EXISTS (SELECT 1 FROM payment_attempt a
+                WHERE a.payment_method_id = w.card AND a.outcome IN ('OPEN', 'UNKNOWN')
+                  AND a.plan_id <> w.plan_id);
 
 -- name: insert_attempts
 -- OPEN attempts, each counted on its plan at once: attempt_count counts the attempts that

@@ -211,7 +211,7 @@ class RetryJob:
                 )
             methods = await plan_methods(conn, plan_id)
             method = methods[plan["method_index"]]
-            if await plans.busy_cards(conn, [method.payment_method_id], [plan_id]):
+            if await plans.busy_cards(conn, [(method.payment_method_id, plan_id)]):
                 raise FailedPrecondition(
                     f"an attempt of another retry plan on card {method.payment_method_id} is "
                     "in flight: its outcome decides whether the card may be charged again; "
@@ -369,16 +369,16 @@ class RetryJob:
             wallets = {r["plan_id"]: _wallet(r) for r in rows}
             facts = await plans.attempt_facts(conn, list(wallets))
             # Lock the cards to be charged before reading their history: an attempt on one of
-            # them by another worker either committed its outcome already (the history has
-            # it) or is in flight (the card is busy and this plan waits for the next run).
+            # them by another plan either committed its outcome already (the history has it)
+            # or is in flight, in another worker's chunk or replayed in this one (the card is
+            # busy and this plan waits for a later run).
             busy = await plans.busy_cards(
                 conn,
                 [
-                    wallets[r["plan_id"]][r["method_index"]].payment_method_id
+                    (wallets[r["plan_id"]][r["method_index"]].payment_method_id, r["plan_id"])
                     for r in rows
                     if (fact := facts.get(r["plan_id"])) is None or fact["open_attempt_id"] is None
                 ],
-                list(wallets),
             )
             histories = await CardHistories.read(conn, list(wallets.values()), now)
             cards_in_chunk: set[str] = set()
@@ -398,7 +398,7 @@ class RetryJob:
                     if method.payment_method_id in cards_in_chunk:
                         later.append(plan_id)
                         continue
-                    if method.payment_method_id in busy:
+                    if plan_id in busy:
                         log.info(
                             "retry plan %s: another plan's attempt on its card is in flight; "
                             "it is attempted after that outcome is known",

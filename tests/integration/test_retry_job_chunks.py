@@ -5,6 +5,7 @@ hold up the others, and two plans on one card never dodge the networks' rules to
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -181,6 +182,53 @@ async def test_two_workers_never_charge_one_card_at_once(client: Client, db: Dat
     assert (summary.claimed, summary.blocked_by_rules, summary.card_busy) == (1, 1, 0)
     assert calls == [first]
     assert (await plan_of(client, second)).status == PS.RETRY_PLAN_STATUS_EXHAUSTED
+
+
+async def test_a_new_attempt_waits_for_a_replay_on_its_card_in_the_same_chunk(
+    client: Client, db: Database
+) -> None:
+    """Plan A's worker died mid-charge on a card; plan B on the same card comes due. In one
+    chunk, A's attempt is replayed under its key and B does not charge the card beside it: it
+    waits (card_busy) until A's outcome is known, here a Visa category-1 decline that forbids
+    the card, so B is refused by the rule. B's plan id sorts before A's, so B comes first in
+    the chunk, before A's replay has claimed the card for the chunk."""
+    first = (await record(client, failure(outcome="visa:04", card="pm_replayed"))).plan.plan_id
+
+    async def die(request: ChargeRequest, outcome: ChargeOutcome) -> None:
+        raise Crash
+
+    with pytest.raises(Crash):
+        await job(client, db, SandboxGateway(), lease=timedelta(seconds=1), after_charge=die).run(
+            due_by=datetime.now(UTC) + DUE
+        )
+    while True:  # a plan on the same card that the chunk takes before the replay
+        second = (await record(client, failure(outcome="visa:04", card="pm_replayed"))).plan
+        if uuid.UUID(second.plan_id) < uuid.UUID(first):
+            break
+        await client.call(
+            "t-ops",
+            "CancelRetryPlan",
+            pb.CancelRetryPlanRequest(
+                request_id=b.request_id(), plan_id=second.plan_id, reason="test: wrong order"
+            ),
+        )
+    await asyncio.sleep(1.2)  # the dead worker's lease runs out
+    keys: list[str] = []
+
+    async def count(request: ChargeRequest, outcome: ChargeOutcome) -> None:
+        keys.append(request.idempotency_key)
+
+    summary = await job(client, db, SandboxGateway(), after_charge=count).run(
+        due_by=datetime.now(UTC) + DUE
+    )
+    assert keys == [f"retry-{first}-attempt-2"]  # the replay only
+    assert (summary.claimed, summary.exhausted, summary.card_busy) == (2, 1, 1)
+    summary = await job(client, db, SandboxGateway(), after_charge=count).run(
+        due_by=datetime.now(UTC) + DUE
+    )
+    assert (summary.claimed, summary.blocked_by_rules) == (1, 1)
+    assert keys == [f"retry-{first}-attempt-2"]
+    assert (await plan_of(client, second.plan_id)).status == PS.RETRY_PLAN_STATUS_EXHAUSTED
 
 
 class Crash(BaseException):
