@@ -60,9 +60,9 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import Adyen
 import httpx
@@ -71,13 +71,6 @@ from Adyen.exceptions import (
     AdyenAPIInvalidPermission,
     AdyenAPIResponseError,
     AdyenError,
-)
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
 )
 
 from service.gateways import adyen_refusals
@@ -91,10 +84,10 @@ from service.gateways.base import (
     charge_log_ids,
     refund_log_ids,
 )
+from service.gateways.calls import CallAttempts, Retries, Transient
 
 log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
 JSON = dict[str, Any]
 
 CHECKOUT_API_VERSION: Final = 71
@@ -138,33 +131,25 @@ class _UnreadableAnswer(Exception):
     been executed; replay it with the same key to read the answer Adyen saved."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Transient:
-    """A transient error: its code, and whether the attempt may have moved money."""
-
-    code: RefundErrorCode
-    may_have_moved_money: bool
-
-
 def _status(exc: BaseException) -> int:
     status = getattr(exc, "status_code", 0)
     return status if isinstance(status, int) else 0
 
 
-def _transient(exc: BaseException) -> _Transient | None:
+def _transient(exc: BaseException) -> Transient | None:
     """The transient class of ``exc``, or None when retrying cannot help."""
     if isinstance(exc, _NOT_SENT_ERRORS):
-        return _Transient(RefundErrorCode.GATEWAY_UNREACHABLE, may_have_moved_money=False)
+        return Transient(RefundErrorCode.GATEWAY_UNREACHABLE, may_have_moved_money=False)
     if isinstance(exc, httpx.TimeoutException):
-        return _Transient(RefundErrorCode.TIMEOUT, may_have_moved_money=True)
+        return Transient(RefundErrorCode.TIMEOUT, may_have_moved_money=True)
     if isinstance(exc, httpx.HTTPError | _UnreadableAnswer):
-        return _Transient(RefundErrorCode.GATEWAY_ERROR, may_have_moved_money=True)
+        return Transient(RefundErrorCode.GATEWAY_ERROR, may_have_moved_money=True)
     if isinstance(exc, AdyenAPIResponseError):
         status = _status(exc)
         if status == 429:
-            return _Transient(RefundErrorCode.RATE_LIMITED, may_have_moved_money=False)
+            return Transient(RefundErrorCode.RATE_LIMITED, may_have_moved_money=False)
         if status >= 500 or (status == 422 and exc.error_code == _IN_PROGRESS):
-            return _Transient(RefundErrorCode.GATEWAY_ERROR, may_have_moved_money=True)
+            return Transient(RefundErrorCode.GATEWAY_ERROR, may_have_moved_money=True)
     return None
 
 
@@ -212,20 +197,7 @@ def _message(exc: BaseException) -> str:
     return f"adyen: {_error_code(exc).value}: {_label(exc)}"
 
 
-class _Attempts:
-    """What the attempts of one call have done so far."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.may_have_moved_money = False
-
-    def failed(self, exc: BaseException) -> None:
-        transient = _transient(exc)
-        if transient is not None and transient.may_have_moved_money:
-            self.may_have_moved_money = True
-
-
-def _unfinished(exc: BaseException, attempts: _Attempts) -> tuple[OutcomeKind, bool]:
+def _unfinished(exc: BaseException, attempts: CallAttempts) -> tuple[OutcomeKind, bool]:
     """The kind of outcome, and ``retryable``, of the error that ended a create call (after any
     retries)."""
     if _rejected(exc) and not _is_transient(exc):
@@ -379,7 +351,7 @@ def outcome_for_authorisation_notification(item: Mapping[str, Any]) -> ChargeOut
     return _declined(item, refusal)
 
 
-def _charge_error_outcome(exc: BaseException, attempts: _Attempts) -> ChargeOutcome:
+def _charge_error_outcome(exc: BaseException, attempts: CallAttempts) -> ChargeOutcome:
     """Our outcome for the error that ended ``charge()`` (after any retries)."""
     kind, retryable = _unfinished(exc, attempts)
     if kind is OutcomeKind.DECLINED and _refused_key(exc):
@@ -478,6 +450,14 @@ class AdyenGateway:
         self._merchant_account = merchant_account
         self._model = recurring_processing_model
         self._max_attempts = max_attempts
+        self._retries = Retries(
+            "Adyen",
+            log,
+            _transient,
+            (AdyenError, httpx.HTTPError, _UnreadableAnswer),
+            max_attempts,
+            error_fields=lambda exc: {"http_status": _status(exc)},
+        )
         self._transport = _HttpxTransport(timeout_seconds, max_concurrency)
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="adyen")
         adyen = Adyen.Adyen(
@@ -511,9 +491,9 @@ class AdyenGateway:
             )
 
         ids = refund_log_ids(request)
-        attempts = _Attempts()
+        attempts = CallAttempts()
         try:
-            answer = await self._with_retries(create, attempts, "adyen_refund_create", ids)
+            answer = await self._retries.run(create, attempts, "adyen_refund_create", ids)
         except (AdyenError, httpx.HTTPError, _UnreadableAnswer) as exc:
             code = _error_code(exc)
             kind, retryable = _unfinished(exc, attempts)
@@ -547,9 +527,9 @@ class AdyenGateway:
             )
 
         ids = charge_log_ids(request)
-        attempts = _Attempts()
+        attempts = CallAttempts()
         try:
-            answer = await self._with_retries(create, attempts, "adyen_charge_create", ids)
+            answer = await self._retries.run(create, attempts, "adyen_charge_create", ids)
         except (AdyenError, httpx.HTTPError, _UnreadableAnswer) as exc:
             outcome = _charge_error_outcome(exc, attempts)
             code = _error_code(exc).value
@@ -574,47 +554,6 @@ class AdyenGateway:
         if not isinstance(message, dict) or not message.get(required):
             raise _UnreadableAnswer(f"the answer has no {required}")
         return message
-
-    async def _with_retries(
-        self,
-        operation: Callable[[], Awaitable[_T]],
-        attempts: _Attempts,
-        action: str,
-        log_ids: Mapping[str, object],
-    ) -> _T:
-        """Run ``operation``, retrying transient errors (with the same idempotency key, which
-        ``operation`` carries); ``attempts`` records what the tries did."""
-
-        async def attempt() -> _T:
-            attempts.count += 1
-            try:
-                return await operation()
-            except (AdyenError, httpx.HTTPError, _UnreadableAnswer) as exc:
-                attempts.failed(exc)
-                raise
-
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "Adyen call failed with a transient error; retrying with the same key",
-                extra={
-                    "action": f"{action}_retry",
-                    **log_ids,
-                    "call_attempt": state.attempt_number,
-                    "error": type(exc).__name__,
-                    "http_status": _status(exc) if exc is not None else None,
-                },
-            )
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._max_attempts),
-            wait=wait_random_exponential(multiplier=0.05, max=1.0),
-            retry=retry_if_exception(_is_transient),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        result: _T = await retrying(attempt)
-        return result
 
 
 def _refund_body(request: RefundRequest, merchant_account: str) -> JSON:
@@ -654,7 +593,7 @@ def _payment_body(request: ChargeRequest, merchant_account: str, model: str) -> 
 def _log_failure(
     action: str,
     log_ids: Mapping[str, object],
-    attempts: _Attempts,
+    attempts: CallAttempts,
     exc: BaseException,
     kind: OutcomeKind,
     code: str,

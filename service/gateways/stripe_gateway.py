@@ -63,9 +63,8 @@ its two- and zero-decimal currencies. Stripe lists a few currencies with special
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from collections.abc import Mapping
+from typing import Any, Final
 
 import httpx
 import stripe
@@ -73,13 +72,6 @@ from stripe.params import (
     PaymentIntentCreateParams,
     PaymentIntentRetrieveParams,
     RefundCreateParams,
-)
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
 )
 
 from service.gateways.base import (
@@ -93,10 +85,10 @@ from service.gateways.base import (
     charge_log_ids,
     refund_log_ids,
 )
+from service.gateways.calls import CallAttempts, Retries, Transient
 
 log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
 
 # The reasons Stripe accepts on a refund; anything else is not sent.
 STRIPE_REFUND_REASONS: Final = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
@@ -139,28 +131,20 @@ _CARD_DECLINED: Final = "card_declined"
 _AUTHENTICATION_REQUIRED: Final = "authentication_required"
 
 
-@dataclass(frozen=True, slots=True)
-class _Transient:
-    """A transient error: its code, and whether the attempt may have created the refund."""
-
-    code: RefundErrorCode
-    may_have_moved_money: bool
-
-
-def _transient(exc: BaseException) -> _Transient | None:
+def _transient(exc: BaseException) -> Transient | None:
     """The transient class of ``exc``, or None when retrying cannot help."""
     if isinstance(exc, stripe.RateLimitError):
-        return _Transient(RefundErrorCode.RATE_LIMITED, may_have_moved_money=False)
+        return Transient(RefundErrorCode.RATE_LIMITED, may_have_moved_money=False)
     if isinstance(exc, stripe.APIConnectionError):
         # The SDK wraps every httpx error in APIConnectionError, raised ``from`` the original.
         cause = exc.__cause__
         if isinstance(cause, _NOT_SENT_ERRORS):
-            return _Transient(RefundErrorCode.GATEWAY_UNREACHABLE, may_have_moved_money=False)
+            return Transient(RefundErrorCode.GATEWAY_UNREACHABLE, may_have_moved_money=False)
         if isinstance(cause, httpx.TimeoutException):
-            return _Transient(RefundErrorCode.TIMEOUT, may_have_moved_money=True)
-        return _Transient(RefundErrorCode.GATEWAY_ERROR, may_have_moved_money=True)
+            return Transient(RefundErrorCode.TIMEOUT, may_have_moved_money=True)
+        return Transient(RefundErrorCode.GATEWAY_ERROR, may_have_moved_money=True)
     if isinstance(exc, stripe.APIError):  # 5xx, 409 (same key in flight), unreadable answers
-        return _Transient(RefundErrorCode.GATEWAY_ERROR, may_have_moved_money=True)
+        return Transient(RefundErrorCode.GATEWAY_ERROR, may_have_moved_money=True)
     return None
 
 
@@ -186,19 +170,6 @@ def _error_code(exc: stripe.StripeError) -> RefundErrorCode:
 
 def _message(exc: stripe.StripeError) -> str:
     return f"stripe: {exc.user_message or type(exc).__name__}"
-
-
-class _Attempts:
-    """What the attempts of one call have done so far."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.may_have_moved_money = False
-
-    def failed(self, exc: BaseException) -> None:
-        transient = _transient(exc)
-        if transient is not None and transient.may_have_moved_money:
-            self.may_have_moved_money = True
 
 
 def outcome_for_refund(refund: stripe.Refund) -> RefundOutcome:
@@ -234,7 +205,7 @@ def outcome_for_refund(refund: stripe.Refund) -> RefundOutcome:
     )
 
 
-def _unfinished(exc: stripe.StripeError, attempts: _Attempts) -> tuple[OutcomeKind, bool]:
+def _unfinished(exc: stripe.StripeError, attempts: CallAttempts) -> tuple[OutcomeKind, bool]:
     """The kind of outcome, and ``retryable``, of the error that ended a create call (after any
     retries). A card error is DECLINED here; charges read its details themselves."""
     # These answers come from inside Stripe's idempotency layer: they are final for the key,
@@ -254,7 +225,7 @@ def _unfinished(exc: stripe.StripeError, attempts: _Attempts) -> tuple[OutcomeKi
     return OutcomeKind.UNKNOWN, True
 
 
-def _outcome_for_error(exc: stripe.StripeError, attempts: _Attempts) -> RefundOutcome:
+def _outcome_for_error(exc: stripe.StripeError, attempts: CallAttempts) -> RefundOutcome:
     """Our outcome for the error that ended ``refund()`` (after any retries)."""
     code = _error_code(exc)
     kind, retryable = _unfinished(exc, attempts)
@@ -378,7 +349,7 @@ def outcome_for_payment_intent(intent: stripe.PaymentIntent) -> ChargeOutcome:
     return ChargeOutcome(kind, intent.id, network=network, message=message)
 
 
-def _charge_error_outcome(exc: stripe.StripeError, attempts: _Attempts) -> ChargeOutcome:
+def _charge_error_outcome(exc: stripe.StripeError, attempts: CallAttempts) -> ChargeOutcome:
     """Our outcome for the error that ended ``charge()`` (after any retries)."""
     if isinstance(exc, stripe.CardError):
         return outcome_for_card_error(exc)
@@ -453,6 +424,7 @@ class StripeGateway:
         if timeout_seconds <= 0:
             raise ValueError("timeout_seconds must be positive")
         self._max_attempts = max_attempts
+        self._retries = Retries("Stripe", log, _transient, (stripe.StripeError,), max_attempts)
         # The SDK's httpx client: its async methods are what ``*_async`` calls use.
         self._http_client = _HTTPXClient(timeout=timeout_seconds)
         self._client = stripe.StripeClient(
@@ -473,9 +445,9 @@ class StripeGateway:
             return await self._client.v1.refunds.create_async(params=params, options=options)
 
         ids = refund_log_ids(request)
-        attempts = _Attempts()
+        attempts = CallAttempts()
         try:
-            refund = await self._with_retries(create, attempts, "stripe_refund_create", ids)
+            refund = await self._retries.run(create, attempts, "stripe_refund_create", ids)
         except stripe.StripeError as exc:
             outcome = _outcome_for_error(exc, attempts)
             _log_failure(
@@ -492,9 +464,9 @@ class StripeGateway:
         # the money: every failure is UNKNOWN (ask again later), never NOT_ATTEMPTED nor
         # DECLINED. ``retryable`` says whether asking again can help.
         ids = refund_log_ids(request)
-        attempts = _Attempts()
+        attempts = CallAttempts()
         try:
-            refund = await self._with_retries(retrieve, attempts, "stripe_refund_fetch", ids)
+            refund = await self._retries.run(retrieve, attempts, "stripe_refund_fetch", ids)
         except stripe.StripeError as exc:
             outcome = RefundOutcome(
                 OutcomeKind.UNKNOWN,
@@ -521,9 +493,9 @@ class StripeGateway:
             )
 
         ids = charge_log_ids(request)
-        attempts = _Attempts()
+        attempts = CallAttempts()
         try:
-            intent = await self._with_retries(create, attempts, "stripe_charge_create", ids)
+            intent = await self._retries.run(create, attempts, "stripe_charge_create", ids)
         except stripe.StripeError as exc:
             outcome = _charge_error_outcome(exc, attempts)
             code = outcome.decline_code or _error_code(exc).value
@@ -541,9 +513,9 @@ class StripeGateway:
             return await self._client.v1.payment_intents.retrieve_async(intent_id, params=params)
 
         ids = {**charge_log_ids(request), "gateway_charge_id": intent_id}
-        attempts = _Attempts()
+        attempts = CallAttempts()
         try:
-            intent = await self._with_retries(retrieve, attempts, "stripe_charge_fetch", ids)
+            intent = await self._retries.run(retrieve, attempts, "stripe_charge_fetch", ids)
         except stripe.StripeError as exc:
             outcome = _fetch_error_outcome(exc, intent_id)
             _log_failure(
@@ -568,51 +540,11 @@ class StripeGateway:
         # Closes the SDK's httpx.AsyncClient; the SDK leaves this method unannotated.
         await self._http_client.close_async()  # type: ignore[no-untyped-call]
 
-    async def _with_retries(
-        self,
-        operation: Callable[[], Awaitable[_T]],
-        attempts: _Attempts,
-        action: str,
-        log_ids: Mapping[str, object],
-    ) -> _T:
-        """Run ``operation``, retrying transient errors (with the same idempotency key, which
-        ``operation`` carries); ``attempts`` records what the tries did."""
-
-        async def attempt() -> _T:
-            attempts.count += 1
-            try:
-                return await operation()
-            except stripe.StripeError as exc:
-                attempts.failed(exc)
-                raise
-
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "Stripe call failed with a transient error; retrying with the same key",
-                extra={
-                    "action": f"{action}_retry",
-                    **log_ids,
-                    "call_attempt": state.attempt_number,
-                    "error": type(exc).__name__,
-                },
-            )
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._max_attempts),
-            wait=wait_random_exponential(multiplier=0.05, max=1.0),
-            retry=retry_if_exception(_is_transient),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        result: _T = await retrying(attempt)
-        return result
-
 
 def _log_failure(
     action: str,
     log_ids: Mapping[str, object],
-    attempts: _Attempts,
+    attempts: CallAttempts,
     exc: stripe.StripeError,
     kind: OutcomeKind,
     code: str,
