@@ -79,15 +79,15 @@ import json
 import re
 import secrets
 import string
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, cast
+from typing import Any
 
 import httpx
+
+from tests.json_stub import JsonStubServer
 
 JSON = dict[str, Any]
 
@@ -338,53 +338,10 @@ def _steps(behaviour: str) -> list[str]:
     return [part.strip() for part in behaviour.split(",") if part.strip()]
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    stub: AdyenStubServer
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gave up (a timeout test) is expected; anything else is a stub bug.
-        exc = sys.exc_info()[1]
-        if isinstance(exc, ConnectionError):
-            return
-        self.stub.errors.append(repr(exc))
-        super().handle_error(request, client_address)
-
-
-class _RequestHandler(BaseHTTPRequestHandler):
-    server_version = "adyen-stub/1"
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        stub = cast(_HTTPServer, self.server).stub
-        response = stub.dispatch(self.command, self.path, headers, body)
-        payload = json.dumps(response.body).encode()
-        try:
-            self.send_response(response.status)
-            for name, value in response.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", "application/json;charset=UTF-8")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-        except ConnectionError:
-            pass  # the client stopped waiting; the work is done, the answer is lost
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-
 Handler = Callable[[str, JSON, str], StubResponse]  # (path argument, body, key) -> answer
 
 
-class AdyenStubServer:
+class AdyenStubServer(JsonStubServer):
     """A stateful fake of Adyen's payments and refunds (Checkout API) on 127.0.0.1.
 
     Start it with :meth:`start` (or the ``adyen_server`` fixture); register payments with
@@ -394,16 +351,19 @@ class AdyenStubServer:
     :attr:`requests`.
     """
 
+    name = "adyen"
+    content_type = "application/json;charset=UTF-8"
+
     def __init__(
         self,
         api_key: str = DEFAULT_API_KEY,
         merchant_account: str = DEFAULT_MERCHANT_ACCOUNT,
         hmac_key: str = DEFAULT_HMAC_KEY,
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.merchant_account = merchant_account
         self.hmac_key = hmac_key
-        self.errors: list[str] = []  # unexpected exceptions inside the stub
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._payments: dict[str, Payment] = {}
@@ -414,8 +374,6 @@ class AdyenStubServer:
         self._saved: dict[str, StubResponse] = {}
         self._in_flight: set[str] = set()
         self._released = threading.Event()
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._routes: list[tuple[re.Pattern[str], Handler, frozenset[str], str]] = [
             (re.compile(rf"/{VERSION}/payments"), self._pay, _PAYMENT_FIELDS, "PaymentRequest"),
             (
@@ -428,33 +386,9 @@ class AdyenStubServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> None:
-        httpd = _HTTPServer(("127.0.0.1", 0), _RequestHandler)
-        httpd.stub = self
-        self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="adyen-stub",
-            daemon=True,
-        )
-        self._thread.start()
-
     def stop(self) -> None:
         self._released.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    @property
-    def base_url(self) -> str:
-        """What the gateway's ``api_base`` is set to (the SDK adds ``/v71``)."""
-        if self._httpd is None:
-            raise RuntimeError("the stub is not started")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        super().stop()
 
     # -- set-up and introspection for tests --------------------------------------------------
 

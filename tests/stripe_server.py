@@ -96,17 +96,16 @@ from __future__ import annotations
 
 import base64
 import copy
-import json
 import re
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.json_stub import JsonStubServer
 
 JSON = dict[str, Any]
 
@@ -372,53 +371,7 @@ def _parse_card_behaviour(card: Card, behaviour: str) -> None:
             raise ValueError(f"unknown card behaviour {step!r}")
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    stub: StripeStubServer
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gave up (a timeout test) is expected; anything else is a stub bug.
-        exc = sys.exc_info()[1]
-        if isinstance(exc, ConnectionError):
-            return
-        self.stub.errors.append(repr(exc))
-        super().handle_error(request, client_address)
-
-
-class _RequestHandler(BaseHTTPRequestHandler):
-    server_version = "stripe-stub/1"
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length).decode() if length else ""
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        stub = cast(_HTTPServer, self.server).stub
-        response = stub.dispatch(self.command, self.path, headers, body)
-        payload = json.dumps(response.body).encode()
-        try:
-            self.send_response(response.status)
-            for name, value in response.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-        except ConnectionError:
-            pass  # the client stopped waiting; the work is done, the answer is lost
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-
-class StripeStubServer:
+class StripeStubServer(JsonStubServer):
     """A stateful fake of Stripe's refund and PaymentIntent APIs on 127.0.0.1.
 
     Start it with :meth:`start` (or the ``stripe_server`` fixture); register payments with
@@ -427,9 +380,13 @@ class StripeStubServer:
     :attr:`refunds`, :attr:`payment_intents` and :attr:`requests`.
     """
 
+    name = "stripe"
+    content_type = "application/json"
+    text_body = True
+
     def __init__(self, api_key: str = DEFAULT_API_KEY) -> None:
+        super().__init__()
         self.api_key = api_key
-        self.errors: list[str] = []  # unexpected exceptions inside the stub
         self.routes: list[Route] = []
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -443,8 +400,6 @@ class StripeStubServer:
         self._requests: list[RecordedRequest] = []
         self._saved: dict[str, _Saved] = {}
         self._in_flight: set[str] = set()
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self.add_route("POST", r"/v1/refunds", self._create_refund)
         self.add_route("GET", r"/v1/refunds/(?P<id>[^/]+)", self._retrieve_refund)
         self.add_route("POST", r"/v1/payment_intents", self._create_payment_intent)
@@ -452,32 +407,9 @@ class StripeStubServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> None:
-        httpd = _HTTPServer(("127.0.0.1", 0), _RequestHandler)
-        httpd.stub = self
-        self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="stripe-stub",
-            daemon=True,
-        )
-        self._thread.start()
-
     def stop(self) -> None:
         self._stopping.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    @property
-    def base_url(self) -> str:
-        if self._httpd is None:
-            raise RuntimeError("the stub is not started")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        super().stop()
 
     # -- set-up and introspection for tests --------------------------------------------------
 
