@@ -7,9 +7,23 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
+
+S = TypeVar("S", bound="JsonStubServer")
+
+
+@contextmanager
+def running(stub: S) -> Iterator[S]:
+    """``stub`` started, stopped afterwards; an exception inside the stub fails the test."""
+    stub.start()
+    try:
+        yield stub
+    finally:
+        stub.stop()
+    assert not stub.errors, f"the {stub.name} stub failed: {stub.errors}"
 
 
 class Answer(Protocol):

@@ -16,18 +16,14 @@ import pytest
 
 from service.gateways.adyen_gateway import AdyenGateway
 from tests.adyen_server import AdyenStubServer
+from tests.json_stub import running
 
 
 @pytest.fixture
 def adyen_server() -> Iterator[AdyenStubServer]:
     """A started stub on 127.0.0.1 (a free port), stopped after the test."""
-    server = AdyenStubServer()
-    server.start()
-    try:
+    with running(AdyenStubServer()) as server:
         yield server
-    finally:
-        server.stop()
-    assert not server.errors, f"the Adyen stub failed: {server.errors}"
 
 
 def adyen_settings(server: AdyenStubServer) -> dict[str, str]:

@@ -16,19 +16,15 @@ from typing import Protocol
 import pytest
 
 from service.gateways.stripe_gateway import StripeGateway
+from tests.json_stub import running
 from tests.stripe_server import StripeStubServer
 
 
 @pytest.fixture
 def stripe_server() -> Iterator[StripeStubServer]:
     """A started stub on 127.0.0.1 (a free port), stopped after the test."""
-    server = StripeStubServer()
-    server.start()
-    try:
+    with running(StripeStubServer()) as server:
         yield server
-    finally:
-        server.stop()
-    assert not server.errors, f"the Stripe stub failed: {server.errors}"
 
 
 class MakeStripeGateway(Protocol):
