@@ -15,6 +15,7 @@ from refundretry.v1 import refund_retry_service_pb2 as pb
 from repository.database import Database
 from tests.integration import builders as b
 from tests.integration.conftest import Client
+from tests.stripe_server import StripeStubServer
 
 
 async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
@@ -123,3 +124,16 @@ async def events(db: Database, plan_id: str) -> list[events_pb2.Event]:
         event.ParseFromString(row["payload"])
         out.append(event)
     return out
+
+
+async def processing_plan(client: Client, server: StripeStubServer) -> str:
+    """A retry plan of customer ``cus_9`` whose Stripe charge answered ``processing`` (its
+    attempt UNKNOWN)."""
+    await schedule(client, "stripe-fast", [60, 120], attempts=4)
+    server.add_card("pm_slow", customer="cus_9", network="visa", behaviour="processing")
+    request = failure(card="pm_slow", schedule_code="stripe-fast", at=datetime.now(UTC))
+    request.gateway = "stripe"
+    plan_id: str = (await record(client, request)).plan.plan_id
+    first = await run_retries(client, ahead=timedelta(seconds=61))
+    assert (first.plans_claimed, first.outcomes_unknown) == (1, 1)
+    return plan_id

@@ -14,7 +14,7 @@ from tests.integration.conftest import Client
 from tests.integration.conftest_stripe import (  # noqa: F401  (fixtures)
     make_stripe_gateway,
 )
-from tests.integration.retry_builders import events, failure, plan_of, record, run_retries, schedule
+from tests.integration.retry_builders import events, plan_of, processing_plan, run_retries
 from tests.stripe_server import RecordedRequest, StripeStubServer
 
 PS = retry_plan_pb2.RetryPlanStatus
@@ -37,17 +37,6 @@ def intent_calls(server: StripeStubServer, method: str) -> list[RecordedRequest]
         for r in server.requests
         if r.method == method and r.path.startswith("/v1/payment_intents")
     ]
-
-
-async def processing_plan(client: Client, server: StripeStubServer) -> str:
-    await schedule(client, "stripe-fast", [60, 120], attempts=4)
-    server.add_card("pm_slow", customer=CUSTOMER, network="visa", behaviour="processing")
-    request = failure(card="pm_slow", schedule_code="stripe-fast", at=datetime.now(UTC))
-    request.gateway = "stripe"
-    plan_id: str = (await record(client, request)).plan.plan_id
-    first = await run_retries(client, ahead=timedelta(seconds=61))
-    assert (first.plans_claimed, first.outcomes_unknown) == (1, 1)
-    return plan_id
 
 
 async def test_a_processing_charge_that_succeeds_later_recovers_the_plan(

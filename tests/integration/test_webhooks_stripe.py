@@ -19,7 +19,7 @@ from tests.integration.conftest import Client
 from tests.integration.conftest_stripe import (  # noqa: F401  (fixtures)
     make_stripe_gateway,
 )
-from tests.integration.retry_builders import events, failure, plan_of, record, run_retries, schedule
+from tests.integration.retry_builders import events, plan_of, processing_plan, run_retries
 from tests.integration.webhook_builders import (
     STRIPE_SECRET,
     audit_actions,
@@ -244,18 +244,6 @@ async def test_a_signed_body_that_is_no_event_is_a_400(client: Client, db: Datab
 
 
 # -- a retry attempt's charge ------------------------------------------------------------------
-
-
-async def processing_plan(client: Client, server: StripeStubServer) -> str:
-    """A retry plan whose Stripe charge answered ``processing`` (its attempt UNKNOWN)."""
-    await schedule(client, "stripe-fast", [60, 120], attempts=4)
-    server.add_card("pm_slow", customer="cus_9", network="visa", behaviour="processing")
-    request = failure(card="pm_slow", schedule_code="stripe-fast", at=datetime.now(UTC))
-    request.gateway = "stripe"
-    plan_id: str = (await record(client, request)).plan.plan_id
-    first = await run_retries(client, ahead=timedelta(seconds=61))
-    assert (first.plans_claimed, first.outcomes_unknown) == (1, 1)
-    return plan_id
 
 
 async def test_payment_intent_succeeded_makes_the_plan_due_and_the_job_records_the_recovery(
