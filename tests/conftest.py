@@ -5,6 +5,7 @@ runs never see each other's databases."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +32,22 @@ async def admin(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def database_unreachable(database_url: str) -> AsyncIterator[None]:
+    """The test's database refuses connections, and its open ones are ended, inside the
+    block: PostgreSQL is "down" for the service, not for the other tests."""
+    name = database_url.rsplit("/", 1)[1]
+    await admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+    try:
+        await admin(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        )
+        yield
+    finally:
+        await admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.server import SERVICE_NAME, Service
-from tests.conftest import admin
+from tests.conftest import database_unreachable
 from tests.integration.conftest import Client
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -46,13 +46,7 @@ async def test_not_serving_while_the_database_is_unreachable(
     service = client.service
     monitor = service.database_health
     assert monitor is not None
-    name = database_url.rsplit("/", 1)[1]
-    await admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-    try:
-        await admin(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-        )
+    async with database_unreachable(database_url):
         assert await monitor.check() is False
         status, body = await probe(service, "/readyz")
         assert status == 503
@@ -61,8 +55,6 @@ async def test_not_serving_while_the_database_is_unreachable(
         assert await probe(service, "/healthz") == (200, {"status": "ok"})  # alive all along
         assert await grpc_status(client, "") == NOT_SERVING
         assert await grpc_status(client, SERVICE_NAME) == NOT_SERVING
-    finally:
-        await admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
     assert await monitor.check() is True
     assert await probe(service, "/readyz") == (200, {"status": "ready", "database": "ok"})
     assert await grpc_status(client, "") == SERVING

@@ -15,7 +15,7 @@ from refundretry.v1 import refund_retry_service_pb2 as pb
 from repository.database import Database
 from service.gateways.breaker import BreakerGateway
 from service.server import Service
-from tests.conftest import admin
+from tests.conftest import database_unreachable
 from tests.integration import builders as b
 from tests.integration.conftest import Client
 
@@ -144,18 +144,10 @@ async def test_outbox_backlog_is_reported_and_kept_while_the_database_is_down(
 
     monitor = service.database_health
     assert monitor is not None
-    name = database_url.rsplit("/", 1)[1]
-    await admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-    try:
-        await admin(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-        )
+    async with database_unreachable(database_url):
         assert await monitor.check() is False
         samples = await scrape(service)  # still answers
         assert value(samples, "refund_retry_database_up") == 0
         assert value(samples, "refund_retry_outbox_unpublished_events") == backlog
-    finally:
-        await admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
     assert await monitor.check() is True
     assert value(await scrape(service), "refund_retry_database_up") == 1

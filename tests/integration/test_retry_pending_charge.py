@@ -19,7 +19,6 @@ from tests.stripe_server import RecordedRequest, StripeStubServer
 
 PS = retry_plan_pb2.RetryPlanStatus
 AO = retry_plan_pb2.AttemptOutcome
-CUSTOMER = "cus_9"
 LATER = timedelta(minutes=5)  # past the first attempt (60 s) and the unknown-outcome replay
 
 
