@@ -10,12 +10,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 
 from refundretry.v1 import billing_events_pb2 as ev
 from refundretry.v1 import payment_pb2, retry_plan_pb2
+from refundretry.v1 import refund_retry_service_pb2 as pb
 from repository.database import Database
 from service.server import Service
 from tests.integration import builders as b
+from tests.integration.conftest import Client
+from tests.integration.conftest_rabbitmq import Broker
 
 
 def event_id() -> str:
@@ -141,3 +145,17 @@ async def consuming(service: Service, seconds: float = 30) -> None:
 async def count(db: Database, sql: str, *args: Any) -> int:
     async with db.connection() as conn:
         return int(await conn.fetchval(sql, *args))
+
+
+@pytest.fixture
+async def live(service: Service, broker: Broker) -> Service:
+    """The service, once its consumers consume from the broker fixture's vhost."""
+    await consuming(service)
+    return service
+
+
+async def plans_of(client: Client, payment_id: str) -> list[Any]:
+    response = await client.call(
+        "t-reader", "ListRetryPlans", pb.ListRetryPlansRequest(payment_id=payment_id)
+    )
+    return list(response.plans)

@@ -21,6 +21,7 @@ from tests.integration import builders as b
 from tests.integration import event_builders as e
 from tests.integration.conftest import Client
 from tests.integration.conftest_rabbitmq import Broker, broker, rabbitmq_vhost  # noqa: F401
+from tests.integration.event_builders import live, plans_of  # noqa: F401  (fixture)
 from tests.integration.retry_builders import plan_of
 
 PS = retry_plan_pb2.RetryPlanStatus
@@ -31,19 +32,6 @@ ENCODINGS = pytest.mark.parametrize("encoding", [PROTOBUF, JSON])
 @pytest.fixture
 def config_overrides(broker: Broker) -> dict[str, str]:
     return broker.settings()
-
-
-@pytest.fixture
-async def live(service: Service, broker: Broker) -> Service:
-    await e.consuming(service)
-    return service
-
-
-async def plans_of(client: Client, payment_id: str) -> list[Any]:
-    response = await client.call(
-        "t-reader", "ListRetryPlans", pb.ListRetryPlansRequest(payment_id=payment_id)
-    )
-    return list(response.plans)
 
 
 async def refunds_of(client: Client, payment_id: str) -> list[Any]:

@@ -35,6 +35,7 @@ from tests.integration.conftest_rabbitmq import (  # noqa: F401
     broker_restart,
     rabbitmq_vhost,
 )
+from tests.integration.event_builders import live, plans_of  # noqa: F401  (fixture)
 
 PS = retry_plan_pb2.RetryPlanStatus
 
@@ -43,19 +44,6 @@ PS = retry_plan_pb2.RetryPlanStatus
 def config_overrides(broker: Broker) -> dict[str, str]:
     # One message at a time: a message published after another is handled after it.
     return broker.settings(CONSUMER_PREFETCH="1", CONSUMER_DELIVERY_LIMIT="4")
-
-
-@pytest.fixture
-async def live(service: Service, broker: Broker) -> Service:
-    await e.consuming(service)
-    return service
-
-
-async def plans_of(client: Client, payment_id: str) -> list[Any]:
-    response = await client.call(
-        "t-reader", "ListRetryPlans", pb.ListRetryPlansRequest(payment_id=payment_id)
-    )
-    return list(response.plans)
 
 
 def header(message: Any, name: str) -> str:
