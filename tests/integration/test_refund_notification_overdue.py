@@ -28,7 +28,7 @@ from tests.adyen_server import AdyenStubServer
 from tests.integration import builders as b
 from tests.integration.conftest import Client
 from tests.integration.conftest_adyen import adyen_server, adyen_settings  # noqa: F401
-from tests.integration.webhook_builders import audit_actions, outbox_types
+from tests.integration.webhook_builders import audit_actions, outbox_types, processing_adyen_refund
 from tests.stripe_server import StripeStubServer
 
 RS = refund_pb2.RefundStatus
@@ -59,20 +59,6 @@ async def run_at(client: Client, later: timedelta) -> Any:
     return await b.run_job(client, end=datetime.now(UTC) + later)
 
 
-async def adyen_refund(client: Client, server: AdyenStubServer) -> tuple[Any, str]:
-    """A refund of 2000 of a 5000 Adyen payment that Adyen received (PROCESSING): the refund
-    and Adyen's pspReference of it."""
-    payment = server.add_payment(amount=5000)
-    recorded = await b.record_payment(
-        client, gateway="adyen", transaction_id=payment.psp_reference, items=[("plan", 5000, 0)]
-    )
-    await b.set_policy(client, auto={"USD": 100000})
-    refund = await b.create_refund(client, recorded.payment_id, amount=2000)
-    assert (await b.run_job(client)).refunds_pending_at_gateway == 1
-    (received,) = server.refunds
-    return refund, received.psp_reference
-
-
 async def trail(db: Database, refund_id: str) -> tuple[list[str], list[tuple[str, str]]]:
     """The refund's outbox events and audit rows, in order."""
     return await outbox_types(db, refund_id), await audit_actions(db, refund_id)
@@ -81,7 +67,7 @@ async def trail(db: Database, refund_id: str) -> tuple[list[str], list[tuple[str
 async def test_a_pending_adyen_refund_is_read_once_then_waits_without_syncs_or_events(
     client: Client, db: Database, adyen_server: AdyenStubServer
 ) -> None:
-    refund, psp = await adyen_refund(client, adyen_server)
+    refund, psp = await processing_adyen_refund(client, adyen_server)
     before = await trail(db, refund.refund_id)
 
     # One look soon after Adyen's answer was stored (for a notification that outran it) ...
@@ -103,7 +89,7 @@ async def test_a_pending_adyen_refund_is_read_once_then_waits_without_syncs_or_e
 async def test_an_adyen_refund_without_notification_requires_action_until_a_late_one_settles_it(
     client: Client, db: Database, adyen_server: AdyenStubServer, success: bool, settled: str
 ) -> None:
-    refund, psp = await adyen_refund(client, adyen_server)
+    refund, psp = await processing_adyen_refund(client, adyen_server)
     await run_at(client, timedelta(minutes=2))  # the one early look: nothing stored
 
     overdue = await run_at(client, TIMEOUT + timedelta(minutes=1))

@@ -31,6 +31,7 @@ from tests.integration.webhook_builders import (
     audit_actions,
     outbox_types,
     post_adyen,
+    processing_adyen_refund,
     snapshot,
     table_counts,
     webhook_rows,
@@ -57,24 +58,11 @@ def url(client: Client) -> str:
     return f"http://127.0.0.1:{client.service.http.port}/webhooks/adyen"
 
 
-async def processing_refund(client: Client, server: AdyenStubServer) -> tuple[str, str]:
-    """A refund of an Adyen payment that Adyen received (PROCESSING): (refund id, its
-    pspReference)."""
-    payment = server.add_payment(amount=5000)
-    recorded = await b.record_payment(
-        client, gateway="adyen", transaction_id=payment.psp_reference, items=[("plan", 5000, 0)]
-    )
-    await b.set_policy(client, auto={"USD": 100000})
-    refund = await b.create_refund(client, recorded.payment_id, amount=2000)
-    assert (await b.run_job(client)).refunds_pending_at_gateway == 1
-    (received,) = server.refunds
-    return refund.refund_id, received.psp_reference
-
-
 async def test_a_refused_refund_fails_and_a_replay_changes_nothing(
     client: Client, db: Database, adyen_server: AdyenStubServer
 ) -> None:
-    refund_id, psp = await processing_refund(client, adyen_server)
+    refund, psp = await processing_adyen_refund(client, adyen_server)
+    refund_id = refund.refund_id
     notification = adyen_server.settle_refund(psp, success=False, reason="Insufficient balance")
 
     first = await adyen_server.deliver(url(client), notification)
@@ -96,7 +84,8 @@ async def test_a_refused_refund_fails_and_a_replay_changes_nothing(
 async def test_refund_failed_after_success_is_stored_but_cannot_move_the_refund_back(
     client: Client, db: Database, adyen_server: AdyenStubServer
 ) -> None:
-    refund_id, psp = await processing_refund(client, adyen_server)
+    refund, psp = await processing_adyen_refund(client, adyen_server)
+    refund_id = refund.refund_id
     succeeded = adyen_server.settle_refund(psp)
     bounced = adyen_server.settle_refund(psp, event_code="REFUND_FAILED")
 
@@ -119,7 +108,8 @@ def signed_refund_item(psp: str, **changes: Any) -> dict[str, Any]:
 async def test_a_bad_hmac_is_refused_with_401_and_changes_nothing(
     client: Client, db: Database, adyen_server: AdyenStubServer, case: str
 ) -> None:
-    refund_id, psp = await processing_refund(client, adyen_server)
+    refund, psp = await processing_adyen_refund(client, adyen_server)
+    refund_id = refund.refund_id
     good = adyen_sign(signed_refund_item(psp, value=2000, currency="USD"), adyen_server.hmac_key)
     if case == "tampered amount":
         item = json.loads(json.dumps(good))
@@ -146,7 +136,8 @@ async def test_a_bad_hmac_is_refused_with_401_and_changes_nothing(
 async def test_an_item_signed_with_the_previous_key_is_accepted(
     client: Client, adyen_server: AdyenStubServer
 ) -> None:
-    refund_id, psp = await processing_refund(client, adyen_server)
+    refund, psp = await processing_adyen_refund(client, adyen_server)
+    refund_id = refund.refund_id
     item = adyen_sign(signed_refund_item(psp, value=2000, currency="USD"), ADYEN_OLD_KEY)
 
     answer = await post_adyen(client.service, adyen_body(item))

@@ -17,6 +17,9 @@ import aiohttp
 
 from repository.database import Database
 from service.server import Service
+from tests.adyen_server import AdyenStubServer
+from tests.integration import builders as b
+from tests.integration.conftest import Client
 
 STRIPE_SECRET = "whsec_test_4f1c2d9e8b7a6c5d4e3f2a1b0c9d8e7f"
 ADYEN_KEY = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"
@@ -261,3 +264,17 @@ async def snapshot(db: Database) -> list[tuple[Any, ...]]:
             " ORDER BY 1, 2"
         )
     return [tuple(r) for r in rows]
+
+
+async def processing_adyen_refund(client: Client, server: AdyenStubServer) -> tuple[Any, str]:
+    """A refund of 2000 of a 5000 Adyen payment that Adyen received (PROCESSING): the refund
+    and Adyen's pspReference of it."""
+    payment = server.add_payment(amount=5000)
+    recorded = await b.record_payment(
+        client, gateway="adyen", transaction_id=payment.psp_reference, items=[("plan", 5000, 0)]
+    )
+    await b.set_policy(client, auto={"USD": 100000})
+    refund = await b.create_refund(client, recorded.payment_id, amount=2000)
+    assert (await b.run_job(client)).refunds_pending_at_gateway == 1
+    (received,) = server.refunds
+    return refund, received.psp_reference
