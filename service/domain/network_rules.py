@@ -1,7 +1,8 @@
 """Card-network retry rules: may this card be charged at this time, given its history?
 
 The rules are data (:data:`RULES`, each with its source); :func:`check_attempt` and
-:func:`earliest_allowed` are pure functions of (card, network, time, history, limits).
+:func:`earliest_allowed` are pure functions of (card, network, time, history, limits);
+:class:`CardRules` answers both for one card, its history read once.
 
 Conventions, the same in every rule:
 
@@ -24,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from operator import attrgetter, itemgetter
+from typing import NamedTuple
 
 from service.domain.decline_codes import CardNetwork, Classification, DeclineClass
 from service.errors import InvalidArgument
@@ -140,12 +143,7 @@ def check_attempt(
     """None when an attempt on ``card`` at ``at`` respects every rule given the card's history
     (``history`` may hold other cards' attempts: they do not count); else the first rule it
     breaks, with the earliest time every rule would allow (None: never)."""
-    _require_aware(at, "at")
-    refusal = _refusal(network, at, _card_history(card, history), limits)
-    if refusal is None:
-        return None
-    retry_at = None if refusal.never else earliest_allowed(card, network, at, history, limits)
-    return Violation(refusal.rule_id, refusal.message, retry_at)
+    return CardRules(card, network, history, limits).check(at)
 
 
 def earliest_allowed(
@@ -160,88 +158,165 @@ def earliest_allowed(
 
     Whether an attempt is allowed only changes when an attempt enters or leaves a window or a
     wait ends, so the answer is ``after`` or one of those instants: each is tried in order."""
-    _require_aware(after, "after")
-    own = _card_history(card, history)
-    for candidate in [after, *_change_points(own, after, limits)]:
-        refusal = _refusal(network, candidate, own, limits)
+    return CardRules(card, network, history, limits).earliest_allowed(after)
+
+
+class CardRules:
+    """:func:`check_attempt` and :func:`earliest_allowed` for one card, its history sorted
+    and read once: for callers that ask about several times (``decide`` checks every slot it
+    picks; ``earliest_allowed`` tries every change point)."""
+
+    __slots__ = ("_attempts", "_limits", "_network", "_nevers", "_visa_times", "_waits")
+
+    def __init__(
+        self,
+        card: str,
+        network: CardNetwork,
+        history: Sequence[PastAttempt],
+        limits: NetworkLimits = DEFAULT_LIMITS,
+    ) -> None:
+        self._network, self._limits = network, limits
+        # The card's attempts, oldest first (equal times keep the history's order).
+        self._attempts = sorted([a for a in history if a.card == card], key=_TIME_OF)
+        # What does not depend on the time asked about, found once: the declines a never rule
+        # holds after (with the first such rule and its place in the order), the declines that
+        # ask for a wait (with its end), and the times of the card's Visa attempts.
+        self._nevers: list[tuple[int, str, PastAttempt]] = []
+        self._waits: list[tuple[datetime, PastAttempt, timedelta]] = []
+        self._visa_times = [a.at for a in self._attempts if a.network is _VISA]
+        for attempt in self._attempts:
+            c = attempt.classification
+            if attempt.approved or c is None:
+                continue
+            rule_id = _never_rule(c)
+            if rule_id is not None:
+                self._nevers.append((_NEVER_ORDER[rule_id], rule_id, attempt))
+            if c.earliest_retry_after is not None:
+                self._waits.append(
+                    (attempt.at + c.earliest_retry_after, attempt, c.earliest_retry_after)
+                )
+
+    def check(self, at: datetime) -> Violation | None:
+        """:func:`check_attempt` for this card."""
+        _require_aware(at, "at")
+        refusal = self._refusal(at)
         if refusal is None:
-            return candidate
+            return None
+        retry_at = None if refusal.never else self._earliest(at)
+        return Violation(refusal.rule_id, refusal.message(), retry_at)
+
+    def earliest_allowed(self, after: datetime) -> datetime | None:
+        """:func:`earliest_allowed` for this card."""
+        _require_aware(after, "after")
+        return self._earliest(after)
+
+    def _earliest(self, after: datetime) -> datetime | None:
+        # ``after`` itself is the usual answer: the change points are only listed if it is not.
+        refusal = self._refusal(after)
+        if refusal is None:
+            return after
         if refusal.never:
             return None  # a never rule holds for good
-    return None  # unreachable: after the last change point every window and wait is over
+        for candidate in _change_points(self._attempts, after, self._limits):
+            refusal = self._refusal(candidate)
+            if refusal is None:
+                return candidate
+            if refusal.never:
+                return None
+        return None  # unreachable: after the last change point every window and wait is over
+
+    def _refusal(self, at: datetime) -> _Refusal | None:
+        """The first rule an attempt at ``at`` breaks. Its message is only written when a
+        violation is reported: earliest_allowed tries many times and says nothing."""
+        limits = self._limits
+        own = [a for a in self._attempts if a.at <= at]
+        never: tuple[int, str, PastAttempt] | None = None
+        for found in self._nevers:  # the first rule in order, and the first decline it holds after
+            if found[2].at <= at and (never is None or found[0] < never[0]):
+                never = found
+        if never is not None:
+            _, rule_id, attempt = never
+            label = _NEVER_LABELS[rule_id]
+            return _Refusal(rule_id, lambda: _never_message(label, attempt, limits), never=True)
+
+        waits = [w for w in self._waits if w[1].at <= at and at < w[0]] if self._waits else None
+        if waits:
+            until, attempt, wait = max(waits, key=_END_OF_WAIT)
+            return _Refusal(
+                "mastercard.mac.wait",
+                lambda: _wait_message(attempt, wait, until),
+                never=False,
+            )
+
+        # The two limits count some of the card's attempts so far (the Visa one: those after its
+        # first decline): a card with fewer attempts than a limit cannot reach it.
+        if len(own) > limits.visa_max_reattempts and (
+            self._network is _VISA or any(t <= at for t in self._visa_times)
+        ):
+            first = next((i for i, a in enumerate(own) if not a.approved), None)
+            if first is not None:
+                counted = [a for a in own[first + 1 :] if a.at > at - limits.visa_window]
+                if len(counted) >= limits.visa_max_reattempts:
+                    return _Refusal(
+                        "visa.reattempt_limit",
+                        lambda: (
+                            f"Visa allows at most {limits.visa_max_reattempts} reattempts of a "
+                            f"card in {_duration(limits.visa_window)}; {len(counted)} were "
+                            f"made since {_when(counted[0].at)}"
+                        ),
+                        never=False,
+                    )
+
+        if len(own) >= limits.max_attempts_per_day:
+            recent = [a for a in own if a.at > at - DAY]
+            if len(recent) >= limits.max_attempts_per_day:
+                return _Refusal(
+                    "card.daily_limit",
+                    lambda: (
+                        f"at most {limits.max_attempts_per_day} attempts on one card in 24 "
+                        f"hours (excessive authorization attempts); {len(recent)} were made "
+                        f"since {_when(recent[0].at)}"
+                    ),
+                    never=False,
+                )
+        return None
 
 
-@dataclass(frozen=True, slots=True)
-class _Refusal:
+class _Refusal(NamedTuple):
     rule_id: str
-    message: str
+    message: Callable[[], str]  # written on demand
     never: bool
 
 
-# (rule id, does this declined attempt's classification trigger it, what it means)
-_NEVER_RULES: tuple[tuple[str, Callable[[Classification], bool], str], ...] = (
-    ("visa.category1", lambda c: c.visa_category == 1, "Visa category 1"),
-    ("mastercard.mac.21", lambda c: "mastercard.mac.21" in c.rule_ids, "Mastercard MAC 21"),
-    ("mastercard.mac.03", lambda c: "mastercard.mac.03" in c.rule_ids, "Mastercard MAC 03"),
-    ("card.never_retry", lambda c: c.never_retry_card, "Hard decline"),
-)
+# The rules that forbid a card for good, in the order they are checked (RULES' order), with
+# what each means in a message. The first one any decline in the card's history triggers is
+# reported, with the first decline that triggers it.
+_NEVER_LABELS: dict[str, str] = {
+    "visa.category1": "Visa category 1",
+    "mastercard.mac.21": "Mastercard MAC 21",
+    "mastercard.mac.03": "Mastercard MAC 03",
+    "card.never_retry": "Hard decline",
+}
+_NEVER_ORDER = {rule_id: order for order, rule_id in enumerate(_NEVER_LABELS)}
 
 
-def _card_history(card: str, history: Sequence[PastAttempt]) -> list[PastAttempt]:
-    """The card's attempts, oldest first (equal times keep the history's order)."""
-    return sorted((a for a in history if a.card == card), key=lambda a: a.at)
-
-
-def _refusal(
-    network: CardNetwork, at: datetime, card_history: list[PastAttempt], limits: NetworkLimits
-) -> _Refusal | None:
-    """The first rule an attempt at ``at`` breaks, given the card's sorted history."""
-    own = [a for a in card_history if a.at <= at]
-    declines = [(a, a.classification) for a in own if not a.approved]
-    for rule_id, applies, label in _NEVER_RULES:
-        for attempt, classification in declines:
-            if classification is not None and applies(classification):
-                return _Refusal(rule_id, _never_message(label, attempt, limits), never=True)
-
-    waits = [
-        (attempt.at + c.earliest_retry_after, attempt, c)
-        for attempt, c in declines
-        if c is not None
-        and c.earliest_retry_after is not None
-        and at < attempt.at + c.earliest_retry_after
-    ]
-    if waits:
-        until, attempt, c = max(waits, key=lambda w: w[0])
-        assert c.earliest_retry_after is not None
-        return _Refusal(
-            "mastercard.mac.wait",
-            _wait_message(attempt, c.earliest_retry_after, until),
-            never=False,
-        )
-
-    if network is CardNetwork.VISA or any(a.network is CardNetwork.VISA for a in own):
-        first = next((i for i, a in enumerate(own) if not a.approved), None)
-        if first is not None:
-            counted = [a for a in own[first + 1 :] if a.at > at - limits.visa_window]
-            if len(counted) >= limits.visa_max_reattempts:
-                return _Refusal(
-                    "visa.reattempt_limit",
-                    f"Visa allows at most {limits.visa_max_reattempts} reattempts of a card in "
-                    f"{_duration(limits.visa_window)}; {len(counted)} were made since "
-                    f"{_when(counted[0].at)}",
-                    never=False,
-                )
-
-    recent = [a for a in own if a.at > at - DAY]
-    if len(recent) >= limits.max_attempts_per_day:
-        return _Refusal(
-            "card.daily_limit",
-            f"at most {limits.max_attempts_per_day} attempts on one card in 24 hours "
-            f"(excessive authorization attempts); {len(recent)} were made since "
-            f"{_when(recent[0].at)}",
-            never=False,
-        )
+def _never_rule(c: Classification) -> str | None:
+    """The first never rule (in _NEVER_LABELS' order) a declined attempt triggers, if any."""
+    if c.visa_category == 1:
+        return "visa.category1"
+    if "mastercard.mac.21" in c.rule_ids:
+        return "mastercard.mac.21"
+    if "mastercard.mac.03" in c.rule_ids:
+        return "mastercard.mac.03"
+    if c.never_retry_card:
+        return "card.never_retry"
     return None
+
+
+_TIME_OF = attrgetter("at")
+_END_OF_WAIT = itemgetter(0)
+# Looking a member up on its enum class costs about ten times reading a module global.
+_VISA = CardNetwork.VISA
 
 
 def _change_points(

@@ -16,13 +16,7 @@ from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from service.domain.decline_codes import CardNetwork, Classification, DeclineClass
-from service.domain.network_rules import (
-    DEFAULT_LIMITS,
-    NetworkLimits,
-    PastAttempt,
-    check_attempt,
-    earliest_allowed,
-)
+from service.domain.network_rules import DEFAULT_LIMITS, CardRules, NetworkLimits, PastAttempt
 from service.domain.retry_schedule import RetrySchedule, Timing, WalletPolicy
 from service.domain.retry_timing import (
     DEFAULT_PRIOR,
@@ -173,7 +167,8 @@ def decide(
             [*rules, "schedule.max_attempts"],
             attempts_made=state.attempts_made,
         )
-    deadline = state.first_failed_at + schedule.span if schedule.span else None
+    span = schedule.span
+    deadline = state.first_failed_at + span if span else None
     if deadline is not None and now >= deadline:
         return _stop(
             f"{last.reason}; the schedule's {schedule.max_span_days}-day span ended on "
@@ -304,17 +299,18 @@ def _choose_time(
 ) -> datetime | None:
     """A time in [earliest, latest] that the schedule likes and the network rules allow, or
     None when the rules never allow this card again (rules and reasons say why)."""
-    allowed = earliest_allowed(method.payment_method_id, method.network, earliest, history, limits)
-    if allowed is None or allowed > earliest:
+    # The card's history is sorted once for every question asked about it below.
+    card_rules = CardRules(method.payment_method_id, method.network, history, limits)
+    allowed: datetime | None = earliest
+    violation = card_rules.check(earliest)
+    if violation is not None:
         # A rule decides the earliest time (or forbids the card): say which.
-        violation = check_attempt(
-            method.payment_method_id, method.network, earliest, history, limits
-        )
-        if violation is not None:
-            rules.append(violation.rule_id)
-            reasons.append(violation.message)
+        rules.append(violation.rule_id)
+        reasons.append(violation.message)
+        allowed = violation.retry_at  # the rules' earliest allowed time, None: never
     if allowed is None:
         return None
+    passed = allowed  # the rules allow it: a slot that is this same datetime needs no new check
     for _ in range(_MAX_RULE_PUSHES):
         slot = _slot(
             schedule,
@@ -329,9 +325,7 @@ def _choose_time(
         if slot is None:
             reasons.append("no allowed hour before the end of the window")
             return None
-        violation = check_attempt(
-            method.payment_method_id, method.network, slot.at, history, limits
-        )
+        violation = None if slot.at is passed else card_rules.check(slot.at)
         if violation is None:
             reasons.append(slot.reason)
             data["slot"] = slot.data

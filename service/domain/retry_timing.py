@@ -21,10 +21,12 @@ the observed rates do. History is bucketed with
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from types import MappingProxyType
 from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -137,13 +139,45 @@ def _utc(timestamp: int) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
 
 
+_HOUR_STARTS_KEPT = 24  # per remembered run: a day
+
+
+def _remembered_hour_starts(after: datetime, zone: ZoneInfo) -> Iterator[tuple[int, datetime]]:
+    """_hour_starts(after, zone), a day at a time from a cache: a smart slot searches up to a
+    week of hours, and the billing job asks for the same week for every plan in a chunk (one
+    `now`) in the same zone. _hour_starts started at an hour start it gave continues exactly
+    as it would have (its state is that instant, its local time and offset)."""
+    while True:
+        run = _hour_starts_run(after, zone)
+        yield from run
+        after = _utc(run[-1][0])
+
+
+@functools.lru_cache(maxsize=512)
+def _hour_starts_run(after: datetime, zone: ZoneInfo) -> tuple[tuple[int, datetime], ...]:
+    """The first _HOUR_STARTS_KEPT of _hour_starts(after, zone)."""
+    return tuple(islice(_hour_starts(after, zone), _HOUR_STARTS_KEPT))
+
+
 def next_allowed(at: datetime, zone: ZoneInfo, hours: AllowedHours | None) -> datetime:
     """The first instant >= at (aware, returned in UTC) whose local time in `zone` is inside
     `hours` (any time when None). Correct across DST changes: a local hour that does not exist
     (spring forward) is skipped; an hour that happens twice (fall back) is allowed both times."""
-    at_utc = _require_aware(at, "at")
+    return _next_allowed(_require_aware(at, "at"), zone, hours)
+
+
+def _next_allowed(at_utc: datetime, zone: ZoneInfo, hours: AllowedHours | None) -> datetime:
+    """next_allowed for a time already in UTC."""
     if hours is None or hours.contains(at_utc.astimezone(zone).hour):
         return at_utc
+    return _next_allowed_hour(at_utc, zone, hours)
+
+
+# The billing job decides a chunk of plans with one `now` (so a handful of earliest times) and
+# most customers live in a few zones: the same hour search is asked for again and again.
+@functools.lru_cache(maxsize=1024)
+def _next_allowed_hour(at_utc: datetime, zone: ZoneInfo, hours: AllowedHours) -> datetime:
+    """next_allowed for a time outside the allowed hours: the first hour start inside them."""
     for steps, (timestamp, local) in enumerate(_hour_starts(at_utc, zone)):
         if hours.contains(local.hour):
             return _utc(timestamp)
@@ -529,31 +563,45 @@ def smart_slot(
     failed = _require_aware(first_failed_at, "first_failed_at")
     if end < start:
         return None
-    first = next_allowed(start, zone, hours)
+    first = _next_allowed(start, zone, hours)
     if first > end:
         return None
     model = _model(stats, prior)
     hour_factors, day_factors, since_factors = model.factors
     odds, failed_ts, end_ts = model.odds, failed.timestamp(), end.timestamp()
+    allowed = _ALL_HOURS if hours is None else _allowed_hours_mask(hours)
 
-    def scored(timestamp: float, local: datetime) -> _Candidate:
+    def scored(timestamp: float, local: datetime) -> float:
+        """The candidate's odds: they rank like the probability."""
         days = min(max(int((timestamp - failed_ts) // 86400), 0), MAX_DAYS_SINCE_FAILURE)
-        score = odds * hour_factors[local.hour] * day_factors[local.day - 1] * since_factors[days]
-        return _Candidate(score, timestamp, local)  # odds: ranks like the probability
+        return odds * hour_factors[local.hour] * day_factors[local.day - 1] * since_factors[days]
 
-    best = earliest_fit = scored(first.timestamp(), first.astimezone(zone))
+    first_ts, first_local = first.timestamp(), first.astimezone(zone)
+    best = earliest_fit = _Candidate(scored(first_ts, first_local), first_ts, first_local)
+    # Only a candidate that beats the best so far is kept (a week is 168 of them).
+    beat = best.odds * (1 + _TIE_TOLERANCE)
     count = 1
-    for timestamp, local in _hour_starts(first, zone):
+    for timestamp, local in _remembered_hour_starts(first, zone):
         if timestamp > end_ts:
             break
-        if hours is not None and not hours.contains(local.hour):
+        if not allowed[local.hour]:
             continue
         count += 1
-        candidate = scored(timestamp, local)
-        if candidate.odds > best.odds * (1 + _TIE_TOLERANCE):
-            best = candidate
+        score = scored(timestamp, local)
+        if score > beat:
+            best = _Candidate(score, timestamp, local)
+            beat = score * (1 + _TIE_TOLERANCE)
     at = first if best is earliest_fit else _utc(int(best.timestamp))
     return _smart_choice(model, at, best, earliest_fit, count, zone, hours, failed, (start, end))
+
+
+_ALL_HOURS = (True,) * 24
+
+
+@functools.lru_cache(maxsize=64)
+def _allowed_hours_mask(hours: AllowedHours) -> tuple[bool, ...]:
+    """hours.contains(hour) for every local hour 0..23, asked once per window."""
+    return tuple(hours.contains(hour) for hour in range(24))
 
 
 class _Candidate(NamedTuple):
@@ -585,7 +633,7 @@ def _smart_choice(
     )
     payday = " (payday)" if _is_payday(local) else ""
     reason = (
-        f"smart ({model.prior.name} prior): {local:%H:%M} local {zone.key} on {local:%Y-%m-%d}, "
+        f"smart ({model.prior.name} prior): {_hh_mm(local)} local {zone.key} on {_date(local)}, "
         f"the {_ordinal(local.day)}{payday}, {_days_phrase(days)}; "
         f"estimated {score:.0%} vs {average}; "
         f"hour {local.hour}: {hour.describe()}; {_ordinal(local.day)} of month: "
@@ -594,7 +642,8 @@ def _smart_choice(
     )
     earliest_score = _probability(earliest_fit.odds)
     if best is not earliest_fit:
-        reason += f", earliest {earliest_fit.local:%Y-%m-%d %H:%M} would be {earliest_score:.0%}"
+        earliest = earliest_fit.local
+        reason += f", earliest {_date(earliest)} {_hh_mm(earliest)} would be {earliest_score:.0%}"
     data: dict[str, object] = {
         "mode": "smart",
         "zone": zone.key,
@@ -635,6 +684,19 @@ def _smart_choice(
     return SlotChoice(at, score, reason, data)
 
 
+# strftime on an aware datetime also asks the zone for its name and offset: these two write
+# the same text several times faster.
+def _hh_mm(local: datetime) -> str:
+    """local.strftime("%H:%M")."""
+    return f"{local.hour:02d}:{local.minute:02d}"
+
+
+def _date(local: datetime) -> str:
+    """local.strftime("%Y-%m-%d") (glibc's %Y: a year below 1000 is not padded)."""
+    return f"{local.year}-{local.month:02d}-{local.day:02d}"
+
+
+@functools.lru_cache(maxsize=256)  # a schedule's few intervals, said in every decision
 def _duration_phrase(interval: timedelta) -> str:
     seconds = int(interval.total_seconds())
     parts = []
@@ -678,23 +740,23 @@ def fixed_slot(
     ``RetrySchedule.next_retry``) only enrich the reason; ``stats``, ``prior`` and
     ``first_failed_at`` only the score, which never changes a fixed slot."""
     requested = _require_aware(earliest, "earliest")
-    at = next_allowed(requested, zone, hours)
+    at = _next_allowed(requested, zone, hours)
     asked, local = requested.astimezone(zone), at.astimezone(zone)
     model = _model(stats or _NO_STATS, prior)
     days = None if first_failed_at is None else days_since_failure(at, first_failed_at)
     score = model.score(local.hour, local.day, days)
     head = _schedule_phrase(schedule, attempts_made)
     if at == requested:
-        where = f"{local:%H:%M} local {zone.key}, " + (
+        where = f"{_hh_mm(local)} local {zone.key}, " + (
             "any hour allowed" if hours is None else f"inside allowed hours {hours}"
         )
         reason = f"{head}; at {where}"
     else:
-        pattern = "%H:%M" if asked.date() == local.date() else "%Y-%m-%d %H:%M"
-        reason = (
-            f"{head}; moved from {asked.strftime(pattern)} to {local.strftime(pattern)} local, "
-            f"allowed hours {hours} {zone.key}"
-        )
+        if asked.date() == local.date():
+            moved = f"moved from {_hh_mm(asked)} to {_hh_mm(local)}"
+        else:
+            moved = f"moved from {_date(asked)} {_hh_mm(asked)} to {_date(local)} {_hh_mm(local)}"
+        reason = f"{head}; {moved} local, allowed hours {hours} {zone.key}"
     data: dict[str, object] = {
         "mode": "fixed",
         "zone": zone.key,
