@@ -354,6 +354,46 @@ async def set_written(conn: Connection, tag: str, child_tables: list[str]) -> di
     }
 
 
+OTHER_BACKENDS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+)
+
+
+async def update_counts(conn: Connection, backends: int | None = None) -> dict[str, Any]:
+    """(rows updated, of them HOT) per table so far, from pg_stat_user_tables, and the number
+    of other backends. A backend reports its counts when it ends: given ``backends`` (the
+    number before a phase), wait (up to 5 s) until the phase's backends have ended. This
+    one's counts are flushed first."""
+    for _ in range(500):
+        others = int(await conn.fetchval(OTHER_BACKENDS))
+        if backends is None or others <= backends:
+            break
+        await asyncio.sleep(0.01)
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    rows = await conn.fetch("SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables")
+    return {
+        "backends": others,
+        "tables": {r["relname"]: (int(r["n_tup_upd"]), int(r["n_tup_hot_upd"])) for r in rows},
+    }
+
+
+def updates_since(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Rows updated and HOT-updated per table between two ``update_counts``, most first."""
+    moved = {
+        table: {
+            "updates": n - before["tables"].get(table, (0, 0))[0],
+            "hot": h - before["tables"].get(table, (0, 0))[1],
+        }
+        for table, (n, h) in after["tables"].items()
+    }
+    return dict(
+        sorted(
+            ((t, c) for t, c in moved.items() if c["updates"] > 0), key=lambda x: -x[1]["updates"]
+        )
+    )
+
+
 async def retire_set(conn: Connection, tag: str) -> int:
     """Setup: plans of ``tag`` a phase left due (it stopped at its time bound) stop being due,
     so the next phase's job does not take them."""
@@ -440,22 +480,23 @@ IN_CHUNK: contextvars.ContextVar[bool] = contextvars.ContextVar("bench_in_chunk"
 
 
 class TimedRetryJob(RetryJob):
-    """The service's RetryJob, timing each chunk from its open transaction to the end of its
-    record transaction (plans the chunk put off and a failed chunk's per-plan retries
-    included, the wait for a chunk slot not). Each attempt of a chunk gets the chunk's time."""
+    """The service's RetryJob, timing each chunk from its open transaction (which claims the
+    chunk's plans) to the end of its record transaction (plans the chunk put off and a failed
+    chunk's per-plan retries included, the wait for a chunk slot not). Each attempt of a
+    chunk gets the chunk's time."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.latencies: list[float] = []  # per attempt: its chunk's time
         self.chunk_seconds: list[float] = []  # per chunk
 
-    async def _process(self, plan_ids: list[uuid.UUID], source: str) -> list[str]:
+    async def _process(self, target: Any, source: str) -> list[str]:
         if IN_CHUNK.get():
-            return await super()._process(plan_ids, source)
+            return await super()._process(target, source)
         token = IN_CHUNK.set(True)
         started = time.perf_counter()
         try:
-            results = await super()._process(plan_ids, source)
+            results = await super()._process(target, source)
         finally:
             IN_CHUNK.reset(token)
         elapsed = time.perf_counter() - started
@@ -819,9 +860,7 @@ async def time_claims(conn: Connection, limit: int, reps: int) -> tuple[list[flo
         await tx.start()
         try:
             t = time.perf_counter()
-            found = await conn.fetch(
-                RQ["claim_due"], now_utc(), limit, "bench-find-due", 60.0, GATEWAYS
-            )
+            found = await conn.fetch(RQ["claim_due"], now_utc(), limit, GATEWAYS, [])
             elapsed = time.perf_counter() - t
         finally:
             await tx.rollback()
@@ -840,23 +879,17 @@ async def explain_claim(conn: Connection, limit: int, *, generic: bool) -> list[
     try:
         if not generic:
             rows = await conn.fetch(
-                "EXPLAIN (ANALYZE, BUFFERS)\n" + RQ["claim_due"],
-                now_utc(),
-                limit,
-                "bench",
-                60.0,
-                GATEWAYS,
+                "EXPLAIN (ANALYZE, BUFFERS)\n" + RQ["claim_due"], now_utc(), limit, GATEWAYS, []
             )
         else:
             await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
             await conn.execute(
-                "PREPARE bench_claim (timestamptz, int, text, float8, text[]) AS\n"
-                + RQ["claim_due"]
+                "PREPARE bench_claim (timestamptz, int, text[], uuid[]) AS\n" + RQ["claim_due"]
             )
             try:
                 rows = await conn.fetch(
                     "EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_claim(now(), "
-                    f"{int(limit)}, 'bench', 60, ARRAY['sandbox'])"
+                    f"{int(limit)}, ARRAY['sandbox'], '{{}}')"
                 )
             finally:
                 await conn.execute("DEALLOCATE bench_claim")
@@ -1037,6 +1070,7 @@ class Phase:
     db_backends: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
     left_due_then_retired: int = 0
+    updates: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class BackendSampler:
@@ -1186,6 +1220,7 @@ async def phase_jobs(ctx: Context, label: str, title: str, count: int, *, procs:
     tag = label.lower()
     await ctx.load(tag, count)
     phase = Phase(label, title)
+    counted = await update_counts(ctx.conn)
     async with observed(ctx.dsn, phase):
         if procs == 0:
             db = await Database.connect(ctx.dsn, max_size=args.pool)
@@ -1209,6 +1244,7 @@ async def phase_jobs(ctx: Context, label: str, title: str, count: int, *, procs:
     phase.report["postgres_cpu_ms_per_attempt"] = round(
         phase.cpu["postgres_cpu_seconds"] * 1000 / max(run.attempts, 1), 3
     )
+    phase.updates = updates_since(counted, await update_counts(ctx.conn, counted["backends"]))
     phase.left_due_then_retired = await retire_set(ctx.conn, tag)
     phase.written = await set_written(ctx.conn, tag, ctx.loader.tables[1:])
     r = phase.report
@@ -1416,6 +1452,12 @@ def table(result: dict[str, Any]) -> str:
         )
         for state, mean in list(p["db_backends"].items())[:3]:
             lines.append(f"      {mean:>5.2f} backends  {state}")
+        hot = [
+            f"{t} {c['hot'] / c['updates']:.0%} of {c['updates']:,}"
+            for t, c in list(p.get("updates", {}).items())[:4]
+        ]
+        if hot:
+            lines.append(f"      HOT share of rows updated: {'; '.join(hot)}")
     service = [p for p in phases if p["label"] in ("B1", "B2", "B3")]
     if service:
         top = max(p["report"]["attempts_per_second"] for p in service)

@@ -101,25 +101,35 @@ SELECT * FROM retry_plan
    FOR UPDATE;
 
 -- name: claim_due
--- Lease due plans; SKIP LOCKED lets any number of workers share them. A plan whose worker
--- died (lease expired) is due again and its open attempt is replayed with the same key.
--- Only plans of the gateways this worker can call now ($5): a gateway that is not configured
--- here, or whose circuit breaker is open, keeps its due work scheduled and untouched.
+-- The plans a chunk of the billing job attempts, claimed by the chunk's open transaction: up
+-- to $2 plans due by $1 whose gateway is one of $3, but none of $4 (those the job's run took
+-- already: one attempt per plan per run), with their wallets (ids and networks in wallet
+-- order). SKIP LOCKED lets any number of workers share them: the rows stay locked
+-- until the open transaction commits their leases (open_attempts), so no other worker sees
+-- them in between. A plan whose worker died (lease expired) is due again and its open
+-- attempt is replayed with the same key. Only plans of the gateways this worker can call now:
+-- a gateway that is not configured here, or whose circuit breaker is open, keeps its due
+-- work scheduled and untouched.
 WITH due AS (
     SELECT plan_id FROM retry_plan
      WHERE status = 'ACTIVE' AND next_attempt_at <= $1
        AND (lease_expires_at IS NULL OR lease_expires_at < now())
-       AND gateway = ANY($5::text[])
+       AND gateway = ANY($3::text[])
+       AND NOT plan_id = ANY($4::uuid[])
      ORDER BY next_attempt_at
      LIMIT $2
        FOR UPDATE SKIP LOCKED
 )
 -- The join back is by primary key (= ANY of an array), so even a generic plan of this
 -- prepared statement looks the rows up by index instead of scanning the table.
-UPDATE retry_plan p
-   SET lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4)
+SELECT p.*, w.wallet_ids, w.wallet_networks
+  FROM retry_plan p
+ CROSS JOIN LATERAL (
+       SELECT coalesce(array_agg(m.payment_method_id ORDER BY m.position), '{}') AS wallet_ids,
+              coalesce(array_agg(m.network ORDER BY m.position), '{}') AS wallet_networks
+         FROM plan_payment_method m WHERE m.plan_id = p.plan_id) w
  WHERE p.plan_id = ANY(ARRAY(SELECT plan_id FROM due))
-RETURNING p.plan_id;
+ ORDER BY p.plan_id;
 
 -- name: claim_plan
 -- Lease one plan (RetryNow), in the caller's transaction that holds its row lock.
@@ -130,6 +140,10 @@ RETURNING plan_id;
 -- name: release_lease
 UPDATE retry_plan SET lease_owner = NULL, lease_expires_at = NULL
  WHERE plan_id = $1 AND lease_owner = $2;
+
+-- name: release_leases
+UPDATE retry_plan SET lease_owner = NULL, lease_expires_at = NULL
+ WHERE plan_id = ANY($1::uuid[]) AND lease_owner = $2;
 
 -- name: stats
 SELECT decline_class, dimension, bucket, attempts, successes FROM attempt_stats;
@@ -167,16 +181,20 @@ SELECT decline_class, 'overall', 0, count(*), sum(ok) FROM retried GROUP BY decl
 -- The billing job works on chunks of plans: one statement per step for the whole chunk.
 
 -- name: leased_plans
--- The plans of a chunk still leased by this worker, with their wallets (ids and networks in
--- wallet order), locked in plan_id order so two workers' chunks never wait on each other in a
--- cycle.
-SELECT p.*,
-       ARRAY(SELECT m.payment_method_id FROM plan_payment_method m
-              WHERE m.plan_id = p.plan_id ORDER BY m.position) AS wallet_ids,
-       ARRAY(SELECT m.network FROM plan_payment_method m
-              WHERE m.plan_id = p.plan_id ORDER BY m.position) AS wallet_networks
+-- Plans of a chunk, locked in plan_id order so two workers' chunks never wait on each other in
+-- a cycle, with their wallets (ids and networks in wallet order): those leased by worker $2,
+-- and with $3 (not NULL) also those due by $3 that nobody holds (a chunk whose open
+-- transaction failed is run again plan by plan: its claims were rolled back).
+SELECT p.*, w.wallet_ids, w.wallet_networks
   FROM retry_plan p
- WHERE p.plan_id = ANY($1::uuid[]) AND p.lease_owner = $2
+ CROSS JOIN LATERAL (
+       SELECT coalesce(array_agg(m.payment_method_id ORDER BY m.position), '{}') AS wallet_ids,
+              coalesce(array_agg(m.network ORDER BY m.position), '{}') AS wallet_networks
+         FROM plan_payment_method m WHERE m.plan_id = p.plan_id) w
+ WHERE p.plan_id = ANY($1::uuid[])
+   AND (p.lease_owner = $2
+        OR (p.status = 'ACTIVE' AND p.next_attempt_at <= $3
+            AND (p.lease_expires_at IS NULL OR p.lease_expires_at < now())))
  ORDER BY p.plan_id
    FOR UPDATE OF p;
 
@@ -224,9 +242,12 @@ SELECT w.plan_id FROM wanted w
                 WHERE a.payment_method_id = w.card AND a.outcome IN ('OPEN', 'UNKNOWN')
                   AND a.plan_id <> w.plan_id);
 
--- name: insert_attempts
--- OPEN attempts, each counted on its plan at once: attempt_count counts the attempts that
--- reach the issuer (recording a NOT_ATTEMPTED gives it back).
+-- name: open_attempts
+-- The OPEN attempts of a chunk ($1-$13, one element per attempt), and the leases of the plans
+-- the chunk goes on with ($14: those attempted now, and those it attempts after another
+-- plan's outcome on their card) for worker $15 for $16 seconds. A plan with a new attempt
+-- counts it at once: attempt_count counts the attempts that reach the issuer (recording a
+-- NOT_ATTEMPTED gives it back).
 WITH added AS (
     INSERT INTO payment_attempt (attempt_id, plan_id, attempt_number, source, attempted_at,
                                  payment_method_id, network, outcome, idempotency_key,
@@ -237,9 +258,13 @@ WITH added AS (
     RETURNING plan_id
 )
 UPDATE retry_plan p
-   SET attempt_count = p.attempt_count + 1, waiting_for_method = false, updated_at = now()
-  FROM added
- WHERE p.plan_id = added.plan_id;
+   SET lease_owner = $15, lease_expires_at = now() + make_interval(secs => $16),
+       attempt_count = p.attempt_count + CASE WHEN a.plan_id IS NULL THEN 0 ELSE 1 END,
+       waiting_for_method = CASE WHEN a.plan_id IS NULL THEN p.waiting_for_method ELSE false END,
+       updated_at = CASE WHEN a.plan_id IS NULL THEN p.updated_at ELSE now() END
+  FROM unnest($14::uuid[]) AS l(plan_id)
+  LEFT JOIN added a ON a.plan_id = l.plan_id
+ WHERE p.plan_id = l.plan_id;
 
 -- name: finish_attempts
 UPDATE payment_attempt a
@@ -270,7 +295,9 @@ RETURNING *;
 
 -- name: move_plans
 -- Each plan to its new state, its lease released; a plan that is no longer ACTIVE has no
--- next attempt.
+-- next attempt. Returns only the update time: the caller holds the rest (the row it locked
+-- and the values it set), and decoding whole plan rows again cost the job more than it
+-- saved.
 UPDATE retry_plan p
    SET status = u.status, status_reason = u.status_reason,
        next_attempt_at = CASE WHEN u.status = 'ACTIVE' THEN u.next_attempt_at END,
@@ -282,4 +309,4 @@ UPDATE retry_plan p
        AS u(plan_id, status, status_reason, next_attempt_at, method_index, waiting_for_method,
             attempt_count)
  WHERE p.plan_id = u.plan_id AND p.lease_owner = $8
-RETURNING p.*;
+RETURNING p.plan_id, p.updated_at;

@@ -1,14 +1,14 @@
 """The billing job's payment retries: run due attempts of retry plans through the gateways.
 
-Per plan, like refunds, in short steps that never hold a transaction across the network:
+In chunks of plans, in short steps that never hold a transaction across the network:
 
-1. **claim** due plans with ``FOR UPDATE SKIP LOCKED`` and a lease;
-2. **open** (a transaction under the lease): check the card networks' rules again for this
-   card at this moment — a guard, not a hint: a rule that forbids the attempt reschedules
-   it instead — and insert the attempt as OPEN with the idempotency key
-   ``retry-<plan>-attempt-<n>``; or find the open attempt of a worker that died;
-3. **charge** through the gateway, then **record** the outcome, the next decision (or
-   RECOVERED / EXHAUSTED), the event and the audit row in one transaction.
+1. **open** (one transaction): claim due plans with ``FOR UPDATE SKIP LOCKED``; check the
+   card networks' rules again for each card at this moment — a guard, not a hint: a rule
+   that forbids the attempt reschedules it instead — and insert the attempts as OPEN with
+   the idempotency keys ``retry-<plan>-attempt-<n>``, or find the open attempt of a worker
+   that died; lease the plans to this worker;
+2. **charge** through the gateway, then **record** the outcome, the next decision (or
+   RECOVERED / EXHAUSTED), the events and the audit rows in one transaction.
 
 A worker killed mid-charge leaves its attempt OPEN; once its lease expires another worker
 replays it with the same key, so the customer is charged once.
@@ -113,6 +113,30 @@ class _Attempt:
 
 
 @dataclass(slots=True)
+class _Due:
+    """A chunk of due plans to claim in its open transaction: up to ``limit`` plans of
+    ``gateways`` due by ``due_by``. ``claimed`` holds their ids once the claim answered,
+    and ``answered`` is set then (or when the chunk failed before it)."""
+
+    gateways: list[str]
+    limit: int
+    due_by: datetime
+    exclude: list[uuid.UUID]  # taken by the run's earlier chunks: one attempt per run
+    claimed: list[uuid.UUID] = field(default_factory=list)
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(slots=True)
+class _Named:
+    """Plans by id: those this worker leased (RetryNow; a plan put after another plan's
+    attempt on its card) and, with ``or_due_by``, those due by then that nobody holds (the
+    plans of a chunk whose open transaction failed, taken again one by one)."""
+
+    plan_ids: list[uuid.UUID]
+    or_due_by: datetime | None = None
+
+
+@dataclass(slots=True)
 class _Writes:
     """What a chunk's record transaction writes, per plan, in one statement per table."""
 
@@ -157,6 +181,7 @@ class RetryJob:
     async def run(self, *, due_by: datetime | None = None, limit: int = 500) -> RetrySummary:
         await self.refresh_stats_if_old()
         summary = RetrySummary()
+        due_by = due_by or datetime.now(UTC)
         # Due work of a gateway this worker cannot call now (not configured here, or its
         # circuit breaker open) stays scheduled and untouched; a gateway on probation (the
         # breaker half-open) gets one plan, the probe.
@@ -164,23 +189,32 @@ class RetryJob:
         trial = [name for name in usable if probing(self._gateways[name])]
         claims = [([name for name in usable if name not in trial], limit)]
         claims += [([name], 1) for name in trial]
-        claimed: list[uuid.UUID] = []
-        async with self._db.connection() as conn:
-            for gateways, most in claims:
-                if gateways:
-                    claimed += await plans.claim_due(
-                        conn,
-                        due_by=due_by or datetime.now(UTC),
-                        limit=most,
-                        worker=self.worker_id,
-                        lease_seconds=self._lease.total_seconds(),
-                        gateways=gateways,
-                    )
-        summary.claimed = len(claimed)
-        parts = [claimed[i : i + self._chunk] for i in range(0, len(claimed), self._chunk)]
-        for results in await asyncio.gather(*(self._run_chunk(part) for part in parts)):
-            for result in results:
+        # Each chunk claims its plans in its own open transaction. The next chunk starts once
+        # the previous one's claim has answered, a full chunk, and a chunk slot is free.
+        # A plan recorded by one chunk may be due again by ``due_by`` (an unknown outcome is
+        # read again 30 s on): later chunks leave out what the run took.
+        running: list[asyncio.Task[list[str]]] = []
+        taken: list[uuid.UUID] = []
+        for gateways, most in claims:
+            while gateways and most > 0:
+                await self._chunks.acquire()
+                due = _Due(gateways, min(self._chunk, most), due_by, exclude=list(taken))
+                running.append(asyncio.create_task(self._run_due(due)))
+                await due.answered.wait()
+                taken += due.claimed
+                most -= due.limit
+                if len(due.claimed) < due.limit:
+                    break
+        failure: BaseException | None = None
+        for outcome in await asyncio.gather(*running, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                failure = failure or outcome
+                continue
+            for result in outcome:
                 summary.count(result)
+        if failure is not None:
+            raise failure
+        summary.claimed = len(taken)
         summary.dunning_steps = await dunning.run_due(self._db, actor=SYSTEM.name, limit=limit)
         return summary
 
@@ -243,7 +277,7 @@ class RetryJob:
                     plan=convert.retry_plan_state(row, row["methods"])
                 ),
             )
-        (result,) = await self._process([plan_id], "RETRY_NOW")
+        (result,) = await self._process(_Named([plan_id]), "RETRY_NOW")
         if result == "errors":
             raise Unavailable("the attempt failed before its outcome was recorded; it is replayed")
         async with self._db.connection() as conn:
@@ -257,21 +291,34 @@ class RetryJob:
             if locked:
                 await plans.refresh_stats(conn)
 
-    async def _run_chunk(self, plan_ids: list[uuid.UUID]) -> list[str]:
-        async with self._chunks:
-            return await self._process(plan_ids, "SCHEDULED")
-
-    async def _process(self, plan_ids: list[uuid.UUID], source: str) -> list[str]:
-        """Open, charge and record the attempts of ``plan_ids``; one result per plan."""
+    async def _run_due(self, due: _Due) -> list[str]:
         try:
-            opened, results, later = await self._transient_retry(self._open, plan_ids, source)
+            return await self._process(due, "SCHEDULED")
+        finally:
+            due.answered.set()  # also when the claim failed: no chunk waits for it
+            self._chunks.release()
+
+    async def _process(self, target: _Due | _Named, source: str) -> list[str]:
+        """Open, charge and record the attempts of the plans ``target`` names: due plans to
+        claim, or plans by id. One result per plan."""
+        try:
+            opened, results, later = await self._transient_retry(self._open, target, source)
         except Exception as exc:
-            return await self._split(plan_ids, exc, lambda one: self._process(one, source))
+            if isinstance(target, _Named):
+                plan_ids, due_by = target.plan_ids, target.or_due_by
+            else:
+                plan_ids, due_by = target.claimed, target.due_by
+            if not plan_ids:  # nothing claimed (the database is down, say): the run fails
+                raise
+            # The claims were rolled back with the transaction: each plan is taken again.
+            return await self._split(
+                plan_ids, exc, lambda one: self._process(_Named(one, due_by), source)
+            )
         if opened:
             await asyncio.gather(*(self._charge(a) for a in opened))
             results += await self._record_isolated(opened)
         for plan_id in later:  # a card already attempted in this chunk: after its outcome
-            results += await self._process([plan_id], source)
+            results += await self._process(_Named([plan_id]), source)
         return results
 
     async def _record_isolated(self, opened: list[_Attempt]) -> list[str]:
@@ -348,22 +395,38 @@ class RetryJob:
             await self._after_charge(attempt.request, outcome)
 
     async def _open(
-        self, plan_ids: list[uuid.UUID], source: str
+        self, target: _Due | _Named, source: str
     ) -> tuple[list[_Attempt], list[str], list[uuid.UUID]]:
-        """In one transaction under the leases: check the card networks' rules for each plan's
-        card at this moment (a guard, not a hint: a rule that forbids the attempt makes the
-        plan decide again) and insert the attempts as OPEN with their idempotency keys, or
-        find the open attempt of a worker that died. Returns the attempts to charge, the
-        results of plans that end here, and plans to run after this chunk (their card is
-        attempted in it already: the guard must see that outcome first)."""
+        """In one transaction: claim the plans (lock due ones, skipping those another worker
+        holds; or lock the named ones), check the card networks' rules for each plan's card at
+        this moment (a guard, not a hint: a rule that forbids the attempt makes the plan decide
+        again), insert the attempts as OPEN with their idempotency keys, or find the open
+        attempt of a worker that died, and lease the plans it goes on with. Returns the
+        attempts to charge, the results of plans that end here, and plans to run after this
+        chunk (their card is attempted in it already: the guard must see that outcome
+        first)."""
         now = datetime.now(UTC)
         opened: list[_Attempt] = []
         results: list[str] = []
         later: list[uuid.UUID] = []
         new: list[plans.NewAttempt] = []
+        put_off: list[uuid.UUID] = []  # plans that end here: no lease
         async with self._db.transaction() as conn:
-            rows = await plans.leased_plans(conn, plan_ids, self.worker_id)
-            results += ["lease_lost"] * (len(plan_ids) - len(rows))
+            if isinstance(target, _Due):
+                rows = await plans.claim_due(
+                    conn,
+                    due_by=target.due_by,
+                    limit=target.limit,
+                    gateways=target.gateways,
+                    exclude=target.exclude,
+                )
+                target.claimed = [r["plan_id"] for r in rows]
+                target.answered.set()
+            else:
+                rows = await plans.leased_plans(
+                    conn, target.plan_ids, self.worker_id, or_due_by=target.or_due_by
+                )
+                results += ["lease_lost"] * (len(target.plan_ids) - len(rows))
             if not rows:
                 return opened, results, later
             wallets = {r["plan_id"]: _wallet(r) for r in rows}
@@ -405,7 +468,7 @@ class RetryJob:
                             plan_id,
                             extra={"action": "retry_job.card_busy", "plan_id": str(plan_id)},
                         )
-                        await plans.release_lease(conn, plan_id, self.worker_id)
+                        put_off.append(plan_id)
                         results.append("card_busy")
                         continue
                     violation = check_attempt(
@@ -427,7 +490,7 @@ class RetryJob:
                             },
                         )
                         await redecide(conn, plan, actor=SYSTEM.name, context=self.context)
-                        await plans.release_lease(conn, plan_id, self.worker_id)
+                        put_off.append(plan_id)
                         results.append("blocked_by_rules")
                         continue
                     number = fact["next_number"] if fact is not None else 1
@@ -476,16 +539,26 @@ class RetryJob:
                         replayed=replayed,
                     )
                 )
-            if new:
+            if opened or later:
                 ids = dict(
                     zip(
                         (a.plan_id for a in new),
-                        await plans.insert_attempts(conn, new),
+                        await plans.open_attempts(
+                            conn,
+                            new,
+                            lease=[a.plan_id for a in opened] + later,
+                            worker=self.worker_id,
+                            lease_seconds=self._lease.total_seconds(),
+                        ),
                         strict=True,
                     )
                 )
                 for attempt in opened:
                     attempt.attempt_id = ids.get(attempt.plan_id, attempt.attempt_id)
+            if put_off and isinstance(target, _Named):
+                # Named plans may be leased already (RetryNow, a plan put after another):
+                # those that end here are given back. Claimed due plans were never leased.
+                await plans.release_leases(conn, put_off, self.worker_id)
         return opened, results, later
 
     async def _record(self, opened: list[_Attempt]) -> list[str]:
@@ -534,10 +607,14 @@ class RetryJob:
                 )
             decided = await plans.insert_decisions(conn, [d for d, _ in w.decisions])
             moved = await plans.move_plans(conn, w.moves, self.worker_id)
+            moves = {m.plan_id: m for m in w.moves}
             decisions = {d.plan_id: decision for d, decision in w.decisions}
             for attempt in mine:
                 plan_id = attempt.plan_id
-                state = convert.retry_plan_state(moved[plan_id], _wallet_rows(wallets[plan_id]))
+                state = convert.retry_plan_state(
+                    moves[plan_id].applied_to(locked[plan_id], moved[plan_id]),
+                    _wallet_rows(wallets[plan_id]),
+                )
                 result = w.results[plan_id]
                 await _attempted(
                     conn,

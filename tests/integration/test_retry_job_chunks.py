@@ -121,6 +121,45 @@ async def test_a_plan_whose_outcome_cannot_be_stored_does_not_hold_up_its_chunk(
     assert [a.idempotency_key for a in plan.attempts[1:]] == [f"retry-{poisoned}-attempt-2"]
 
 
+async def test_a_plan_that_cannot_be_opened_does_not_hold_up_its_chunk(
+    client: Client, db: Database
+) -> None:
+    """The chunk claims its plans in its open transaction; when that transaction fails, the
+    claims roll back with it and each plan is taken again alone: the others are charged once
+    each, and the broken one stays due and untouched (no lease, no attempt)."""
+    plan_ids = [
+        (await record(client, failure(outcome="succeed", card=f"pm_open_{i}"))).plan.plan_id
+        for i in range(5)
+    ]
+    broken = plan_ids[3]
+    async with db.connection() as conn:  # a wallet position past the end of the wallet
+        await conn.execute(
+            "UPDATE retry_plan SET method_index = 7 WHERE plan_id = $1", uuid.UUID(broken)
+        )
+    charged: Counter[str] = Counter()
+
+    async def count(request: ChargeRequest, outcome: ChargeOutcome) -> None:
+        charged[request.plan_id] += 1
+
+    summary = await job(client, db, SandboxGateway(), after_charge=count).run(
+        due_by=datetime.now(UTC) + DUE
+    )
+    assert (summary.claimed, summary.recovered, summary.errors) == (5, 4, 1)
+    assert charged == {p: 1 for p in plan_ids if p != broken}
+    plan = await plan_of(client, broken)
+    assert (plan.status, len(plan.attempts)) == (PS.RETRY_PLAN_STATUS_ACTIVE, 1)
+    async with db.connection() as conn:
+        lease = await conn.fetchval(
+            "SELECT lease_owner FROM retry_plan WHERE plan_id = $1", uuid.UUID(broken)
+        )
+    assert lease is None
+    again = await job(client, db, SandboxGateway(), after_charge=count).run(
+        due_by=datetime.now(UTC) + DUE
+    )
+    assert (again.claimed, again.errors) == (1, 1)  # still due, still refused, nothing charged
+    assert sum(charged.values()) == 4
+
+
 async def test_two_plans_on_one_card_are_attempted_one_after_the_other(
     client: Client, db: Database
 ) -> None:
