@@ -124,10 +124,7 @@ WITH due AS (
 -- prepared statement looks the rows up by index instead of scanning the table.
 SELECT p.*, w.wallet_ids, w.wallet_networks
   FROM retry_plan p
- CROSS JOIN LATERAL (
-       SELECT coalesce(array_agg(m.payment_method_id ORDER BY m.position), '{}') AS wallet_ids,
-              coalesce(array_agg(m.network ORDER BY m.position), '{}') AS wallet_networks
-         FROM plan_payment_method m WHERE m.plan_id = p.plan_id) w
+ CROSS JOIN LATERAL plan_wallet(p.plan_id) w
  WHERE p.plan_id = ANY(ARRAY(SELECT plan_id FROM due))
  ORDER BY p.plan_id;
 
@@ -187,10 +184,7 @@ SELECT decline_class, 'overall', 0, count(*), sum(ok) FROM retried GROUP BY decl
 -- transaction failed is run again plan by plan: its claims were rolled back).
 SELECT p.*, w.wallet_ids, w.wallet_networks
   FROM retry_plan p
- CROSS JOIN LATERAL (
-       SELECT coalesce(array_agg(m.payment_method_id ORDER BY m.position), '{}') AS wallet_ids,
-              coalesce(array_agg(m.network ORDER BY m.position), '{}') AS wallet_networks
-         FROM plan_payment_method m WHERE m.plan_id = p.plan_id) w
+ CROSS JOIN LATERAL plan_wallet(p.plan_id) w
  WHERE p.plan_id = ANY($1::uuid[])
    AND (p.lease_owner = $2
         OR (p.status = 'ACTIVE' AND p.next_attempt_at <= $3

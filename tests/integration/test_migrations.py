@@ -64,6 +64,7 @@ async def test_migrate_applies_every_migration_once(empty_database: str) -> None
         (7, "analytics"),
         (8, "audit_batch"),
         (9, "outbox_retention"),
+        (10, "plan_wallet"),
     ]
     assert [(v, n) for v, n, _ in migrations()] == rows
 
