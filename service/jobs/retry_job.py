@@ -195,16 +195,21 @@ class RetryJob:
         # read again 30 s on): later chunks leave out what the run took.
         running: list[asyncio.Task[list[str]]] = []
         taken: list[uuid.UUID] = []
-        for gateways, most in claims:
-            while gateways and most > 0:
-                await self._chunks.acquire()
-                due = _Due(gateways, min(self._chunk, most), due_by, exclude=list(taken))
-                running.append(asyncio.create_task(self._run_due(due)))
-                await due.answered.wait()
-                taken += due.claimed
-                most -= due.limit
-                if len(due.claimed) < due.limit:
-                    break
+        try:
+            for gateways, most in claims:
+                while gateways and most > 0:
+                    await self._chunks.acquire()
+                    due = _Due(gateways, min(self._chunk, most), due_by, exclude=list(taken))
+                    running.append(asyncio.create_task(self._run_due(due)))
+                    await due.answered.wait()
+                    taken += due.claimed
+                    most -= due.limit
+                    if len(due.claimed) < due.limit:
+                        break
+        except BaseException:  # cancelled (shutdown): the chunks started go with the run
+            for task in running:
+                task.cancel()
+            raise
         failure: BaseException | None = None
         for outcome in await asyncio.gather(*running, return_exceptions=True):
             if isinstance(outcome, BaseException):

@@ -160,6 +160,35 @@ async def test_a_plan_that_cannot_be_opened_does_not_hold_up_its_chunk(
     assert sum(charged.values()) == 4
 
 
+async def test_a_cancelled_run_takes_its_chunks_with_it(client: Client, db: Database) -> None:
+    """A run cancelled (the service stopping) while it waits to start its next chunk cancels
+    the chunks it started: none goes on charging behind a stopped service. The attempt whose
+    charge was cut off stays OPEN (replayed with its key once the lease runs out)."""
+    for i in range(2):
+        await record(client, failure(outcome="succeed", card=f"pm_cancel_{i}"))
+    charging, cut_off = asyncio.Event(), asyncio.Event()
+    charged: list[str] = []
+
+    async def hold(request: ChargeRequest, outcome: ChargeOutcome) -> None:
+        charged.append(request.plan_id)
+        charging.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cut_off.set()
+            raise
+
+    one_at_a_time = job(client, db, SandboxGateway(), chunk=1, chunks=1, after_charge=hold)
+    run = asyncio.create_task(one_at_a_time.run(due_by=datetime.now(UTC) + DUE, limit=2))
+    await asyncio.wait_for(charging.wait(), 30)  # chunk 1 charging; chunk 2 waits for a slot
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    await asyncio.wait_for(cut_off.wait(), 5)
+    (plan_id,) = charged
+    assert (await plan_of(client, plan_id)).attempts[-1].outcome == AO.ATTEMPT_OUTCOME_OPEN
+
+
 async def test_two_plans_on_one_card_are_attempted_one_after_the_other(
     client: Client, db: Database
 ) -> None:
