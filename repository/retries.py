@@ -254,10 +254,6 @@ async def claim_plan(
     await conn.execute(Q["claim_plan"], plan_id, worker, lease_seconds)
 
 
-async def release_lease(conn: Connection, plan_id: uuid.UUID, worker: str) -> None:
-    await conn.execute(Q["release_lease"], plan_id, worker)
-
-
 async def release_leases(conn: Connection, plan_ids: Sequence[uuid.UUID], worker: str) -> None:
     await conn.execute(Q["release_leases"], list(plan_ids), worker)
 

@@ -134,10 +134,6 @@ UPDATE retry_plan SET lease_owner = $2, lease_expires_at = now() + make_interval
  WHERE plan_id = $1
 RETURNING plan_id;
 
--- name: release_lease
-UPDATE retry_plan SET lease_owner = NULL, lease_expires_at = NULL
- WHERE plan_id = $1 AND lease_owner = $2;
-
 -- name: release_leases
 UPDATE retry_plan SET lease_owner = NULL, lease_expires_at = NULL
  WHERE plan_id = ANY($1::uuid[]) AND lease_owner = $2;

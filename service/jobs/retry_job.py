@@ -358,7 +358,7 @@ class RetryJob:
         )
         with contextlib.suppress(Exception):
             async with self._db.connection() as conn:
-                await plans.release_lease(conn, plan_id, self.worker_id)
+                await plans.release_leases(conn, [plan_id], self.worker_id)
         return ["errors"]
 
     @staticmethod
