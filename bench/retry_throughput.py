@@ -2,7 +2,7 @@
 the same run, and the time to find due work as stored plans grow.
 
 ``.venv/bin/python -m bench.retry_throughput [--plans 100000] [--workers N] [--batch 500]
-[--chunk 100] [--chunks 8] [--stored 10000,100000,1000000]``
+[--chunk 250] [--chunks 8] [--stored 10000,100000,1000000]``
 
 1. Creates a database ``rr_bench_<pid>``, migrates it, and always drops it at the end.
 2. Setup (not measured): one plan through the real ``record_payment_failure`` (the template),
@@ -84,6 +84,8 @@ from service.domain.retry_plan import (
 from service.gateways.base import ChargingGateway
 from service.gateways.sandbox import CHARGE_OUTCOME_KEY, SandboxGateway
 from service.jobs.retry_job import (
+    CHUNK,
+    CHUNKS,
     RetryJob,
     RetrySummary,
 )
@@ -1620,8 +1622,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--raw-seconds", type=float, default=3.0, help="length of each raw measurement")
     add("--pool", type=int, default=SERVICE_POOL, help="database pool of each job process")
     add("--concurrency", type=int, default=SERVICE_CONCURRENCY, help="RetryJob(concurrency=)")
-    add("--chunk", type=int, default=100, help="RetryJob(chunk=): plans per transaction")
-    add("--chunks", type=int, default=8, help="RetryJob(chunks=): chunks in flight")
+    add("--chunk", type=int, default=CHUNK, help="RetryJob(chunk=): plans per transaction")
+    add("--chunks", type=int, default=CHUNKS, help="RetryJob(chunks=): chunks in flight")
     add("--success-percent", type=int, default=30, help="charges the sandbox approves")
     add("--diag-plans", type=int, default=500, help="plans for the serial diagnosis (D)")
     add("--profile-plans", type=int, default=3000, help="plans for the py-spy profile (P)")

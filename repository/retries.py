@@ -363,7 +363,8 @@ class FinishedAttempt:
 async def finish_attempts(
     conn: Connection, finished: Sequence[FinishedAttempt]
 ) -> dict[uuid.UUID, asyncpg.Record]:
-    """Record outcomes of OPEN (or UNKNOWN) attempts; the updated rows by attempt id."""
+    """Record outcomes of OPEN (or UNKNOWN) attempts of plans this transaction locked with
+    ``leased_plans``; the updated rows by attempt id."""
     rows = await conn.fetch(
         Q["finish_attempts"],
         [f.attempt_id for f in finished],
@@ -435,11 +436,10 @@ class PlanMove:
         return row
 
 
-async def move_plans(
-    conn: Connection, moves: Sequence[PlanMove], worker: str
-) -> dict[uuid.UUID, datetime]:
-    """Move plans leased by ``worker`` to their new state and release the leases; each moved
-    plan's new ``updated_at``, by id (``PlanMove.applied_to`` gives the whole row)."""
+async def move_plans(conn: Connection, moves: Sequence[PlanMove]) -> dict[uuid.UUID, datetime]:
+    """Move plans to their new state and release their leases: plans this transaction locked
+    with ``leased_plans``, so holding the caller's lease. Each moved plan's new
+    ``updated_at``, by id (``PlanMove.applied_to`` gives the whole row)."""
     rows = await conn.fetch(
         Q["move_plans"],
         [m.plan_id for m in moves],
@@ -449,6 +449,5 @@ async def move_plans(
         [m.method_index for m in moves],
         [m.waiting_for_method for m in moves],
         [m.attempt_count for m in moves],
-        worker,
     )
     return {r["plan_id"]: r["updated_at"] for r in rows}

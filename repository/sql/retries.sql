@@ -193,22 +193,22 @@ SELECT * FROM retry_schedule WHERE code = ANY($1::text[]);
 
 -- name: attempt_facts
 -- Per plan: the next attempt number, the class of the latest decline, and the attempt a
--- worker that died left open (replayed with its key).
-SELECT DISTINCT ON (a.plan_id)
-       a.plan_id,
-       f.next_number,
-       f.last_class,
-       CASE WHEN a.outcome IN ('OPEN', 'UNKNOWN') THEN a.attempt_id END AS open_attempt_id,
-       a.attempt_number, a.payment_method_id, a.retry_of_class, a.attempted_at,
-       a.gateway_charge_id
-  FROM payment_attempt a
-  JOIN (SELECT plan_id, max(attempt_number) + 1 AS next_number,
-               coalesce((array_agg(decline_class ORDER BY attempt_number DESC)
-                         FILTER (WHERE decline_class <> ''))[1], '') AS last_class
-          FROM payment_attempt WHERE plan_id = ANY($1::uuid[]) GROUP BY plan_id) f
-    ON f.plan_id = a.plan_id
- WHERE a.plan_id = ANY($1::uuid[])
- ORDER BY a.plan_id, a.attempt_number DESC;
+-- worker that died left open (replayed with its key). Two index probes per plan on
+-- (plan_id, attempt_number), walked backwards from the latest attempt: the cost grows with
+-- the chunk, never with the chunk squared (a join of the plans' aggregates back to their
+-- attempts did, as a nested loop with a join filter, in the generic plan).
+SELECT p.plan_id,
+       l.attempt_number + 1 AS next_number,
+       coalesce((SELECT d.decline_class FROM payment_attempt d
+                  WHERE d.plan_id = p.plan_id AND d.decline_class <> ''
+                  ORDER BY d.attempt_number DESC LIMIT 1), '') AS last_class,
+       CASE WHEN l.outcome IN ('OPEN', 'UNKNOWN') THEN l.attempt_id END AS open_attempt_id,
+       l.attempt_number, l.payment_method_id, l.retry_of_class, l.attempted_at,
+       l.gateway_charge_id
+  FROM (SELECT DISTINCT unnest($1::uuid[]) AS plan_id) p
+  JOIN LATERAL (SELECT * FROM payment_attempt a WHERE a.plan_id = p.plan_id
+                 ORDER BY a.attempt_number DESC LIMIT 1) l ON true
+ ORDER BY p.plan_id;
 
 -- name: busy_cards
 -- Attempts on one card never overlap. Each card about to be charged ($1, for the plan beside
@@ -257,6 +257,12 @@ UPDATE retry_plan p
  WHERE p.plan_id = l.plan_id;
 
 -- name: finish_attempts
+-- The outcomes of a chunk's attempts. Only the record transaction of the worker holding the
+-- plan's lease writes an attempt's outcome, with the plan locked (leased_plans): a worker
+-- whose lease ran out finds its plan gone from leased_plans and writes nothing. So no filter
+-- on the outcome here: PostgreSQL estimated one from its statistics (OPEN attempts are rare
+-- in the table) and, for chunks of a few hundred, planned a sequential scan joined to the
+-- arrays by a nested loop, whose cost grew with the chunk squared.
 UPDATE payment_attempt a
    SET outcome = u.outcome, decline_code = u.decline_code,
        visa_response_code = u.visa_response_code, mc_advice_code = u.mc_advice_code,
@@ -266,7 +272,7 @@ UPDATE payment_attempt a
               $7::text[], $8::text[])
        AS u(attempt_id, outcome, decline_code, visa_response_code, mc_advice_code,
             decline_class, gateway_charge_id, message)
- WHERE a.attempt_id = u.attempt_id AND a.outcome IN ('OPEN', 'UNKNOWN')
+ WHERE a.attempt_id = u.attempt_id
 RETURNING a.*;
 
 -- name: insert_decisions
@@ -285,7 +291,8 @@ RETURNING *;
 
 -- name: move_plans
 -- Each plan to its new state, its lease released; a plan that is no longer ACTIVE has no
--- next attempt. Returns only the update time: the caller holds the rest (the row it locked
+-- next attempt. The plans are the ones leased_plans locked in this transaction, holding this
+-- worker's lease; the lease is not tested again here, for the reason finish_attempts gives. Returns only the update time: the caller holds the rest (the row it locked
 -- and the values it set), and decoding whole plan rows again cost the job more than it
 -- saved.
 UPDATE retry_plan p
@@ -298,5 +305,5 @@ UPDATE retry_plan p
               $7::int[])
        AS u(plan_id, status, status_reason, next_attempt_at, method_index, waiting_for_method,
             attempt_count)
- WHERE p.plan_id = u.plan_id AND p.lease_owner = $8
+ WHERE p.plan_id = u.plan_id
 RETURNING p.plan_id, p.updated_at;
