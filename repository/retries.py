@@ -392,8 +392,11 @@ class NewDecision:
 
 async def insert_decisions(
     conn: Connection, decisions: Sequence[NewDecision]
-) -> dict[uuid.UUID, asyncpg.Record]:
-    """Store one decision per plan, each numbered after the plan's last; rows by plan id."""
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """Store one decision per plan, each numbered after the plan's last; the stored rows by
+    plan id (``retry_decision``'s columns, as ``SELECT *`` gives them). Only the number and
+    the time come back from the database: decoding every row again (its jsonb data, its rule
+    array) cost the billing job more than building it from what it wrote."""
     for d in decisions:
         assert not any(" " in rule or not rule for rule in d.rule_ids), d.rule_ids
     rows = await conn.fetch(
@@ -406,7 +409,21 @@ async def insert_decisions(
         [" ".join(d.rule_ids) for d in decisions],
         [d.data for d in decisions],
     )
-    return {r["plan_id"]: r for r in rows}
+    stored = {r["plan_id"]: r for r in rows}
+    return {
+        d.plan_id: {
+            "plan_id": d.plan_id,
+            "sequence": stored[d.plan_id]["sequence"],
+            "decided_at": stored[d.plan_id]["decided_at"],
+            "action": d.action,
+            "next_attempt_at": d.next_attempt_at,
+            "payment_method_id": d.payment_method_id,
+            "reason": d.reason,
+            "rule_ids": list(d.rule_ids),
+            "data": d.data,
+        }
+        for d in decisions
+    }
 
 
 @dataclass(slots=True)

@@ -277,6 +277,7 @@ RETURNING a.*;
 
 -- name: insert_decisions
 -- At most one decision per plan per call: each gets the plan's next sequence number.
+-- Returns what the database chose (the number, the time); the caller holds the rest.
 INSERT INTO retry_decision (plan_id, sequence, action, next_attempt_at, payment_method_id,
                             reason, rule_ids, data)
 SELECT u.plan_id,
@@ -287,7 +288,7 @@ SELECT u.plan_id,
   FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
               $7::jsonb[])
        AS u(plan_id, action, next_attempt_at, payment_method_id, reason, rule_ids, data)
-RETURNING *;
+RETURNING plan_id, sequence, decided_at;
 
 -- name: move_plans
 -- Each plan to its new state, its lease released; a plan that is no longer ACTIVE has no

@@ -87,6 +87,10 @@ async def test_each_plan_of_a_chunk_ends_as_it_would_alone(client: Client, db: D
             decision = stream[stream.index(attempted[0]) + 1].retry_scheduled.decision
             assert decision.sequence == plan.decisions[-1].sequence == 2
             assert decision.next_attempt_time == plan.next_attempt_time
+            # the event's decision is the stored one, field for field (its reason, rules and
+            # data included), though the job builds it from what it wrote
+            assert decision == plan.decisions[-1]
+            assert decision.reason and decision.data.fields["decline_class"].string_value
 
 
 async def test_a_plan_whose_outcome_cannot_be_stored_does_not_hold_up_its_chunk(
