@@ -592,7 +592,12 @@ class RetryJob:
             # The decisions see this chunk's outcomes in the card history.
             wallets = {a.plan_id: _wallet(locked[a.plan_id]) for a in mine}
             histories = await CardHistories.read(conn, list(wallets.values()), now)
-            schedules = await plans.schedules(conn, [p["schedule_code"] for p in locked.values()])
+            schedules = {
+                code: schedule_from_row(row)
+                for code, row in (
+                    await plans.schedules(conn, [p["schedule_code"] for p in locked.values()])
+                ).items()
+            }
             stats = await self.context.stats.get(conn)
             for attempt in mine:
                 plan = locked[attempt.plan_id]
@@ -604,7 +609,7 @@ class RetryJob:
                     w,
                     lambda plan, wallet, last, code, made: decide_for(
                         plan,
-                        schedule_from_row(schedules[plan["schedule_code"]]),
+                        schedules[plan["schedule_code"]],
                         wallet,
                         last=last,
                         decline_code=code,
