@@ -2,7 +2,7 @@
 the same run, and the time to find due work as stored plans grow.
 
 ``.venv/bin/python -m bench.retry_throughput [--plans 100000] [--workers N] [--batch 500]
-[--chunk 250] [--chunks 8] [--stored 10000,100000,1000000]``
+[--chunk 500] [--chunks 8] [--stored 10000,100000,1000000]``
 
 1. Creates a database ``rr_bench_<pid>``, migrates it, and always drops it at the end.
 2. Setup (not measured): one plan through the real ``record_payment_failure`` (the template),

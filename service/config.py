@@ -63,6 +63,13 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "DB_POOL_SIZE": ("16", "most database connections per process"),
     "BILLING_JOB_INTERVAL_SECONDS": ("5", "how often `serve` runs the billing job; 0 = never"),
     "BILLING_JOB_BATCH": ("500", "most refund details one billing job run takes"),
+    "RETRY_CHUNK": (
+        "500",
+        "payment retries the billing job opens, charges and records together (one transaction "
+        "each side); a worker holds one database lock per card of the chunk it is opening. "
+        "Smaller with a slow gateway: a chunk's charges (16 at a time) should end within "
+        "LEASE_SECONDS",
+    ),
     "LEASE_SECONDS": ("60", "how long a worker holds claimed work before others may take it"),
     "PENDING_SYNC_SECONDS": ("60", "how often a refund pending at the gateway is synced"),
     "REFUND_NOTIFICATION_TIMEOUT_SECONDS": (
@@ -352,6 +359,7 @@ class Config:
     db_pool_size: int
     billing_job_interval: int
     billing_job_batch: int
+    retry_chunk: int
     lease_seconds: int
     pending_sync_seconds: int
     refund_notification_timeout_seconds: int
@@ -458,6 +466,7 @@ class Config:
             db_pool_size=get("DB_POOL_SIZE", _int(1, 500)),
             billing_job_interval=get("BILLING_JOB_INTERVAL_SECONDS", _int(0, 86400)),
             billing_job_batch=get("BILLING_JOB_BATCH", _int(1, 100_000)),
+            retry_chunk=get("RETRY_CHUNK", _int(1, 5_000)),
             lease_seconds=get("LEASE_SECONDS", _int(1, 86400)),
             pending_sync_seconds=get("PENDING_SYNC_SECONDS", _int(1, 86400)),
             refund_notification_timeout_seconds=get(

@@ -108,7 +108,14 @@ def build_billing_job(
     # Both jobs read a pending refund or charge from its webhook where the gateway cannot be
     # asked about it (Adyen).
     reading = with_reported_outcomes(gateways, db)
-    retry_job = RetryJob(db, reading, context, lease=lease, unknown_replay_delay=unknown_replay)
+    retry_job = RetryJob(
+        db,
+        reading,
+        context,
+        lease=lease,
+        unknown_replay_delay=unknown_replay,
+        chunk=config.retry_chunk,
+    )
     make: Callable[..., BillingJob] = (
         BillingJob if metrics is None else functools.partial(MeteredBillingJob, metrics)
     )

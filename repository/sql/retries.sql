@@ -218,8 +218,9 @@ SELECT p.plan_id,
 -- charged; UNKNOWN: waiting to be replayed), whether that plan is in another worker's chunk
 -- or in this one. The locks last to the caller's COMMIT, by which its own OPEN attempts are
 -- visible to the next check: of two workers charging plans on one card, the second sees the
--- first's attempt in flight and waits for its outcome. (A chunk holds one lock per card:
--- chunks x cards stay far below PostgreSQL's shared lock table.)
+-- first's attempt in flight and waits for its outcome. (A chunk holds one lock per card, and
+-- a worker opens one chunk at a time: workers x chunk size stay below PostgreSQL's shared
+-- lock table, max_locks_per_transaction x max_connections.)
 WITH wanted AS (
     SELECT * FROM unnest($1::text[], $2::uuid[]) AS w(card, plan_id)
 ), locked AS MATERIALIZED (

@@ -68,11 +68,15 @@ _T = TypeVar("_T")
 
 AfterCharge = Callable[[ChargeRequest, ChargeOutcome], Awaitable[None]]
 TRANSIENT_DB_RETRIES = 3
-# Plans per chunk (one open and one record transaction each) and chunks in flight. Per-chunk
-# costs (round trips, BEGIN/COMMIT, the pool's reset, the schedules read) are shared by more
-# attempts in a larger chunk; bench/retry_throughput.py measured chunks of 250 about 15 %
-# cheaper per attempt than chunks of 100 (bench/README.md), and 500 no cheaper than 250.
-CHUNK = 250
+# Plans per chunk (one open and one record transaction each) and chunks in flight. What each
+# statement costs whatever its rows (a round trip, executor start-up, the statement triggers
+# of the analytics logs, BEGIN/COMMIT, the pool's reset) is shared by more attempts in a
+# larger chunk: bench/retry_throughput.py measured chunks of 500 about 10 % cheaper per
+# attempt than chunks of 250, and those 15 % cheaper than chunks of 100 (bench/README.md).
+# A chunk's open transaction locks each of its cards (PostgreSQL's lock table holds
+# max_locks_per_transaction x max_connections, 6,400 by default), and a worker opens one
+# chunk at a time: 500 locks per worker at most.
+CHUNK = 500
 CHUNKS = 8
 # Gateways keep idempotency keys for a limited time (Stripe: 24 hours): an attempt whose
 # outcome stays unknown longer than this pauses the plan for a person to check.
@@ -122,7 +126,7 @@ class _Attempt:
 class _Due:
     """A chunk of due plans to claim in its open transaction: up to ``limit`` plans of
     ``gateways`` due by ``due_by``. ``claimed`` holds their ids once the claim answered,
-    and ``answered`` is set then (or when the chunk failed before it)."""
+    and ``answered`` is set when the open transaction has ended (committed or failed)."""
 
     gateways: list[str]
     limit: int
@@ -196,7 +200,10 @@ class RetryJob:
         claims = [([name for name in usable if name not in trial], limit)]
         claims += [([name], 1) for name in trial]
         # Each chunk claims its plans in its own open transaction. The next chunk starts once
-        # the previous one's claim has answered, a full chunk, and a chunk slot is free.
+        # the previous one's open transaction has ended with a full chunk, and a chunk slot is
+        # free: chunks overlap in charging and recording, never in opening. An open
+        # transaction holds a lock per card of its chunk in PostgreSQL's lock table, shared by
+        # every connection; so a worker holds at most one chunk of them.
         # A plan recorded by one chunk may be due again by ``due_by`` (an unknown outcome is
         # read again 30 s on): later chunks leave out what the run took.
         running: list[asyncio.Task[list[str]]] = []
@@ -306,14 +313,18 @@ class RetryJob:
         try:
             return await self._process(due, "SCHEDULED")
         finally:
-            due.answered.set()  # also when the claim failed: no chunk waits for it
+            due.answered.set()  # also when the chunk failed before opening: none waits for it
             self._chunks.release()
 
     async def _process(self, target: _Due | _Named, source: str) -> list[str]:
         """Open, charge and record the attempts of the plans ``target`` names: due plans to
         claim, or plans by id. One result per plan."""
         try:
-            opened, results, later = await self._transient_retry(self._open, target, source)
+            try:
+                opened, results, later = await self._transient_retry(self._open, target, source)
+            finally:
+                if isinstance(target, _Due):
+                    target.answered.set()  # the run's next chunk may open now
         except Exception as exc:
             if isinstance(target, _Named):
                 plan_ids, due_by = target.plan_ids, target.or_due_by
@@ -432,7 +443,6 @@ class RetryJob:
                     exclude=target.exclude,
                 )
                 target.claimed = [r["plan_id"] for r in rows]
-                target.answered.set()
             else:
                 rows = await plans.leased_plans(
                     conn, target.plan_ids, self.worker_id, or_due_by=target.or_due_by

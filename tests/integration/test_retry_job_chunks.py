@@ -8,6 +8,7 @@ import asyncio
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -15,9 +16,12 @@ import pytest
 from refundretry.v1 import refund_retry_service_pb2 as pb
 from refundretry.v1 import retry_plan_pb2
 from repository.database import Database
+from service.config import Config
+from service.errors import ConfigError
 from service.gateways.base import ChargeOutcome, ChargeRequest, OutcomeKind
 from service.gateways.sandbox import SandboxGateway
 from service.jobs.retry_job import RetryJob
+from service.server import build_billing_job
 from tests.integration import builders as b
 from tests.integration.conftest import Client
 from tests.integration.retry_builders import events, failure, plan_of, record, rpc_error, schedule
@@ -90,7 +94,8 @@ async def test_each_plan_of_a_chunk_ends_as_it_would_alone(client: Client, db: D
             # the event's decision is the stored one, field for field (its reason, rules and
             # data included), though the job builds it from what it wrote
             assert decision == plan.decisions[-1]
-            assert decision.reason and decision.data.fields["decline_class"].string_value
+            assert decision.reason
+            assert decision.data.fields["decline_class"].string_value
 
 
 async def test_a_plan_whose_outcome_cannot_be_stored_does_not_hold_up_its_chunk(
@@ -191,6 +196,51 @@ async def test_a_cancelled_run_takes_its_chunks_with_it(client: Client, db: Data
     await asyncio.wait_for(cut_off.wait(), 5)
     (plan_id,) = charged
     assert (await plan_of(client, plan_id)).attempts[-1].outcome == AO.ATTEMPT_OUTCOME_OPEN
+
+
+async def test_a_worker_opens_one_chunk_at_a_time(client: Client, db: Database) -> None:
+    """A chunk's open transaction holds a lock per card until it commits, in PostgreSQL's lock
+    table, which every connection shares: the next chunk's open waits for it, so a worker
+    holds at most one chunk of card locks however many chunks it has in flight."""
+    for i in range(12):
+        await record(client, failure(outcome="succeed", card=f"pm_open_{i}"))
+    inside = most = 0
+
+    class Counting(RetryJob):
+        async def _open(self, *args: Any) -> Any:
+            nonlocal inside, most
+            inside += 1
+            most = max(most, inside)
+            try:
+                return await super()._open(*args)
+            finally:
+                inside -= 1
+
+    context = client.service.billing_job.retry_job.context  # type: ignore[union-attr]
+    worker = Counting(db, {"sandbox": SandboxGateway()}, context, chunk=3, chunks=4)
+    summary = await worker.run(due_by=datetime.now(UTC) + DUE)
+    assert (summary.claimed, summary.recovered) == (12, 12)
+    assert most == 1
+
+
+async def test_the_chunk_size_is_a_setting(client: Client, db: Database) -> None:
+    """REFUND_RETRY_RETRY_CHUNK is how many plans the billing job opens and records together
+    (a slow gateway wants fewer, so that a chunk's charges end within the lease): each record
+    transaction's audit rows carry that transaction's time."""
+    for i in range(5):
+        await record(client, failure(outcome="succeed", card=f"pm_setting_{i}"))
+    config = Config.from_env({"REFUND_RETRY_RETRY_CHUNK": "2"})
+    billing = build_billing_job(config, db, {"sandbox": SandboxGateway()})
+    assert billing.retry_job is not None
+    summary = await billing.retry_job.run(due_by=datetime.now(UTC) + DUE)
+    assert summary.recovered == 5
+    async with db.connection() as conn:
+        times = await conn.fetch(
+            "SELECT occurred_at FROM audit_event WHERE action = 'retry.attempted'"
+        )
+    assert sorted(Counter(r["occurred_at"] for r in times).values()) == [1, 2, 2]
+    with pytest.raises(ConfigError, match="REFUND_RETRY_RETRY_CHUNK"):
+        Config.from_env({"REFUND_RETRY_RETRY_CHUNK": "0"})
 
 
 async def test_two_plans_on_one_card_are_attempted_one_after_the_other(
