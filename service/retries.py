@@ -25,6 +25,8 @@ from service.domain.decline_codes import (
     Decline,
     DeclineClass,
     classify,
+    classify_codes,
+    stored_network,
     validate_decline,
 )
 from service.domain.money import Money
@@ -153,7 +155,7 @@ def past_attempts(rows: Sequence[asyncpg.Record]) -> list[PastAttempt]:
         declined = row["outcome"] in ("DECLINED", "REQUIRES_ACTION")
         if not (approved or declined):
             continue  # never reached the issuer: the networks do not count it
-        network = CardNetwork(row["network"])
+        network = stored_network(row["network"])
         out.append(
             PastAttempt(
                 at=row["attempted_at"],
@@ -162,13 +164,8 @@ def past_attempts(rows: Sequence[asyncpg.Record]) -> list[PastAttempt]:
                 approved=approved,
                 classification=None
                 if approved
-                else classify(
-                    Decline(
-                        row["decline_code"],
-                        network,
-                        row["visa_response_code"],
-                        row["mc_advice_code"],
-                    )
+                else classify_codes(
+                    row["decline_code"], network, row["visa_response_code"], row["mc_advice_code"]
                 ),
             )
         )
@@ -177,7 +174,7 @@ def past_attempts(rows: Sequence[asyncpg.Record]) -> list[PastAttempt]:
 
 async def plan_methods(conn: Connection, plan_id: uuid.UUID) -> tuple[Method, ...]:
     return tuple(
-        Method(r["payment_method_id"], CardNetwork(r["network"]))
+        Method(r["payment_method_id"], stored_network(r["network"]))
         for r in await retries.methods(conn, plan_id)
     )
 

@@ -37,7 +37,7 @@ from repository.database import Connection, Database
 from repository.settings import schedule_from_row
 from service import changes, convert, dunning
 from service.auth import SYSTEM
-from service.domain.decline_codes import CardNetwork, Classification, Decline, classify
+from service.domain.decline_codes import Classification, Decline, classify, stored_network
 from service.domain.money import Money
 from service.domain.network_rules import check_attempt
 from service.domain.retry_plan import Action, Decision, Method, PlanStatus, check_plan_transition
@@ -821,7 +821,7 @@ def _finished(attempt: _Attempt) -> plans.FinishedAttempt:
 def _wallet(plan: asyncpg.Record) -> tuple[Method, ...]:
     """A ``leased_plans`` row's wallet, in order."""
     return tuple(
-        Method(method_id, CardNetwork(network))
+        Method(method_id, stored_network(network))
         for method_id, network in zip(plan["wallet_ids"], plan["wallet_networks"], strict=True)
     )
 

@@ -19,6 +19,8 @@ from service.domain.decline_codes import (
     Decline,
     DeclineClass,
     classify,
+    classify_codes,
+    stored_network,
     validate_decline,
     visa_category,
 )
@@ -496,3 +498,23 @@ def test_every_well_formed_decline_is_classified_consistently(decline: Decline) 
     for rule_id in result.rule_ids:
         if rule_id.startswith("stripe.code.") and rule_id != "stripe.code.unknown":
             assert words_name(result.reason, rule_id.removeprefix("stripe.code."))
+
+
+@given(
+    code=st.sampled_from(["", *EXPECTED_CODES, "made_up_code"]),
+    network=st.sampled_from(list(CardNetwork)),
+    visa=st.sampled_from(["", *VISA_CATEGORY_1, *VISA_CATEGORY_2, *VISA_CATEGORY_3, "99"]),
+    mac=st.sampled_from(["", *MAC_NO_EFFECT, *sorted(MAC_MEANINGFUL), *MAC_UNKNOWN]),
+)
+def test_a_stored_attempts_codes_classify_as_their_decline(
+    code: str, network: CardNetwork, visa: str, mac: str
+) -> None:
+    """The billing job classifies stored history rows by their codes (a cached look-up):
+    always the classification of the same Decline."""
+    assert classify_codes(code, network, visa, mac) == classify(Decline(code, network, visa, mac))
+
+
+def test_a_stored_network_name_is_its_network_and_an_unknown_one_is_refused() -> None:
+    assert [stored_network(n.value) for n in CardNetwork] == list(CardNetwork)
+    with pytest.raises(ValueError, match="JCB"):
+        stored_network("JCB")
