@@ -183,6 +183,7 @@ class RetryJob:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lease = lease
         self._unknown_replay = unknown_replay_delay
+        self._concurrency = concurrency
         self._gateway_calls = asyncio.Semaphore(concurrency)
         self._chunk = chunk
         self._chunks = asyncio.Semaphore(chunks)
@@ -337,7 +338,7 @@ class RetryJob:
                 plan_ids, exc, lambda one: self._process(_Named(one, due_by), source)
             )
         if opened:
-            await asyncio.gather(*(self._charge(a) for a in opened))
+            await self._charge_all(opened)
             results += await self._record_isolated(opened)
         for plan_id in later:  # a card already attempted in this chunk: after its outcome
             results += await self._process(_Named([plan_id]), source)
@@ -387,6 +388,18 @@ class RetryJob:
                 if attempt == TRANSIENT_DB_RETRIES:
                     raise
         raise AssertionError("unreachable")
+
+    async def _charge_all(self, opened: list[_Attempt]) -> None:
+        """Charge a chunk's attempts: a few workers take them in turn (as many as gateway calls
+        may be in flight), not a task per attempt, which cost about three times as much
+        per attempt in the event loop."""
+        pending = iter(opened)
+
+        async def worker() -> None:
+            for attempt in pending:
+                await self._charge(attempt)
+
+        await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(opened)))))
 
     async def _charge(self, attempt: _Attempt) -> None:
         gateway = self._gateways.get(attempt.gateway)
