@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -132,7 +133,7 @@ async def _write_audit(conn: Connection, rows: list[AuditRow]) -> None:
         list(actions),
         list(entity_types),
         list(entity_ids),
-        list(datas),
+        [json.dumps(d) for d in datas],  # JSON texts: see the query
     )
 
 

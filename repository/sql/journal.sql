@@ -48,7 +48,10 @@ RETURNING sequence;
 -- name: audit_append_many
 -- Every audit row of a transaction (arrays, one element per row, in order), chained by one
 -- call: written last in the transaction, so the chain head stays locked only until COMMIT.
-SELECT audit_append_many($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[]);
+-- The data come as JSON texts in a text[] (sent in binary), cast here: a jsonb[] parameter
+-- travels as one array literal, every element quoted and escaped by the client and parsed
+-- back by PostgreSQL's array_in before each element's jsonb_in.
+SELECT audit_append_many($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]::jsonb[]);
 
 -- name: audit_list
 SELECT * FROM audit_event

@@ -278,16 +278,17 @@ RETURNING a.*;
 
 -- name: insert_decisions
 -- At most one decision per plan per call: each gets the plan's next sequence number.
--- Returns what the database chose (the number, the time); the caller holds the rest.
+-- Returns what the database chose (the number, the time); the caller holds the rest. The
+-- data are JSON texts (see journal.audit_append_many for why not a jsonb[]).
 INSERT INTO retry_decision (plan_id, sequence, action, next_attempt_at, payment_method_id,
                             reason, rule_ids, data)
 SELECT u.plan_id,
        coalesce((SELECT max(d.sequence) FROM retry_decision d WHERE d.plan_id = u.plan_id), 0)
            + 1,
        u.action, u.next_attempt_at, u.payment_method_id, u.reason,
-       string_to_array(nullif(u.rule_ids, ''), ' '), u.data
+       string_to_array(nullif(u.rule_ids, ''), ' '), u.data::jsonb
   FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
-              $7::jsonb[])
+              $7::text[])
        AS u(plan_id, action, next_attempt_at, payment_method_id, reason, rule_ids, data)
 RETURNING plan_id, sequence, decided_at;
 
