@@ -295,9 +295,9 @@ RETURNING plan_id, sequence, decided_at;
 -- name: move_plans
 -- Each plan to its new state, its lease released; a plan that is no longer ACTIVE has no
 -- next attempt. The plans are the ones leased_plans locked in this transaction, holding this
--- worker's lease; the lease is not tested again here, for the reason finish_attempts gives. Returns only the update time: the caller holds the rest (the row it locked
--- and the values it set), and decoding whole plan rows again cost the job more than it
--- saved.
+-- worker's lease; the lease is not tested again here, for the reason finish_attempts gives.
+-- Returns only the update time: the caller holds the rest (the row it locked and the values
+-- it set), and decoding whole plan rows again cost the job more than it saved.
 UPDATE retry_plan p
    SET status = u.status, status_reason = u.status_reason,
        next_attempt_at = CASE WHEN u.status = 'ACTIVE' THEN u.next_attempt_at END,
