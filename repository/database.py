@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,18 @@ MIGRATION_LOCK = 0x52524D49  # "RRMI": the advisory lock key held while migratin
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
+def json_text(value: Any) -> str:
+    """The JSON text of ``value`` for a json or jsonb parameter. orjson is about ten times as
+    fast as ``json.dumps`` (the billing job writes several JSON values per payment retry);
+    non-string keys become strings, as ``json.dumps`` makes them."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 async def _init_connection(conn: Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    for name in ("jsonb", "json"):
+        await conn.set_type_codec(
+            name, encoder=json_text, decoder=orjson.loads, schema="pg_catalog"
+        )
 
 
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16) -> Pool:

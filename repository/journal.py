@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from repository.database import Connection, unit_of_work
+from repository.database import Connection, json_text, unit_of_work
 from repository.outbox import NOTIFY_CHANNEL
 from repository.queries import Queries
 
@@ -133,7 +132,7 @@ async def _write_audit(conn: Connection, rows: list[AuditRow]) -> None:
         list(actions),
         list(entity_types),
         list(entity_ids),
-        [json.dumps(d) for d in datas],  # JSON texts: see the query
+        [json_text(d) for d in datas],  # JSON texts: see the query
     )
 
 

@@ -7,7 +7,6 @@ per field) costs four times as much."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from repository.database import Connection
+from repository.database import Connection, json_text
 from repository.queries import Queries
 
 Q = Queries("retries")
@@ -408,7 +407,7 @@ async def insert_decisions(
         [d.payment_method_id for d in decisions],
         [d.reason for d in decisions],
         [" ".join(d.rule_ids) for d in decisions],
-        [json.dumps(d.data) for d in decisions],  # JSON texts: see the query
+        [json_text(d.data) for d in decisions],  # JSON texts: see the query
     )
     stored = {r["plan_id"]: r for r in rows}
     return {
