@@ -94,6 +94,7 @@ from service.retries import (
     RetryContext,
     record_payment_failure,
 )
+from service.server import tune_gc
 
 Record = asyncpg.Record
 RQ, JQ = Queries("retries"), Queries("journal")
@@ -1016,6 +1017,7 @@ async def child_main(args: argparse.Namespace) -> dict[str, Any]:
         jobs = service_jobs(
             db, args.loops, concurrency=args.concurrency, chunk=args.chunk, chunks=args.chunks
         )
+        tune_gc()  # as `serve` does once started
         run = await drive(jobs, batch=args.batch, seconds=args.job_seconds, start_at=args.start_at)
     finally:
         await db.close()

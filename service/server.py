@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -394,9 +395,27 @@ async def start(config: Config, *, run_billing_loop: bool = True) -> Service:
     return service
 
 
+# The youngest generation's threshold in a long-running service (CPython's default: 700).
+GC_YOUNGEST = 50_000
+
+
+def tune_gc() -> None:
+    """Collect cyclic garbage less often in a long-running process: what is alive once it has
+    started (modules, protobuf descriptors, the configuration, the pools) moves to a
+    generation the collector never walks again (``gc.freeze``), and the youngest generation
+    is collected after GC_YOUNGEST net allocations of containers instead of 700. The billing
+    job allocates messages, records and dicts for every payment retry, and reference counting
+    frees nearly all of them: with CPython's defaults the collector took about 5 % of the
+    job's CPU (bench/retry_throughput.py B3, with it off: 0.199 against 0.210 ms per
+    attempt)."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNGEST, *gc.get_threshold()[1:])
+
+
 async def serve(config: Config) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
     service = await start(config)
+    tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
