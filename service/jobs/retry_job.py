@@ -314,7 +314,6 @@ class RetryJob:
         try:
             return await self._process(due, "SCHEDULED")
         finally:
-            due.answered.set()  # also when the chunk failed before opening: none waits for it
             self._chunks.release()
 
     async def _process(self, target: _Due | _Named, source: str) -> list[str]:
@@ -325,7 +324,9 @@ class RetryJob:
                 opened, results, later = await self._transient_retry(self._open, target, source)
             finally:
                 if isinstance(target, _Due):
-                    target.answered.set()  # the run's next chunk may open now
+                    # The run's next chunk may open now, whether this open committed, failed
+                    # or was cancelled: the one place that sets it.
+                    target.answered.set()
         except Exception as exc:
             if isinstance(target, _Named):
                 plan_ids, due_by = target.plan_ids, target.or_due_by
