@@ -254,6 +254,14 @@ async def claim_plan(
     await conn.execute(Q["claim_plan"], plan_id, worker, lease_seconds)
 
 
+async def renew_leases(
+    conn: Connection, plan_ids: Sequence[uuid.UUID], worker: str, lease_seconds: float
+) -> int:
+    """Extend ``worker``'s leases of ``plan_ids`` to ``lease_seconds`` from now; how many it
+    still held."""
+    return len(await conn.fetch(Q["renew_leases"], list(plan_ids), worker, lease_seconds))
+
+
 async def release_leases(conn: Connection, plan_ids: Sequence[uuid.UUID], worker: str) -> None:
     await conn.execute(Q["release_leases"], list(plan_ids), worker)
 

@@ -67,10 +67,14 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "500",
         "payment retries the billing job opens, charges and records together (one transaction "
         "each side); a worker holds one database lock per card of the chunk it is opening. "
-        "Smaller with a slow gateway: a chunk's charges (16 at a time) should end within "
-        "LEASE_SECONDS",
+        "A chunk's outcomes are recorded when its last charge (16 at a time) has answered: "
+        "smaller with a slow gateway, so that outcomes are not held back long",
     ),
-    "LEASE_SECONDS": ("60", "how long a worker holds claimed work before others may take it"),
+    "LEASE_SECONDS": (
+        "60",
+        "how long a worker holds claimed work before others may take it; a chunk of payment "
+        "retries still charging renews its leases every third of this",
+    ),
     "PENDING_SYNC_SECONDS": ("60", "how often a refund pending at the gateway is synced"),
     "REFUND_NOTIFICATION_TIMEOUT_SECONDS": (
         "172800",

@@ -134,6 +134,15 @@ UPDATE retry_plan SET lease_owner = $2, lease_expires_at = now() + make_interval
  WHERE plan_id = $1
 RETURNING plan_id;
 
+-- name: renew_leases
+-- The leases of a chunk's plans, renewed while the chunk charges (a slow gateway must not let
+-- them run out, or another worker would take a plan this one is charging): only those worker
+-- $2 still holds. A plan whose outcome is recorded holds no lease any more, and one that
+-- another worker took after this worker's lease ran out is left to it.
+UPDATE retry_plan SET lease_expires_at = now() + make_interval(secs => $3)
+ WHERE plan_id = ANY($1::uuid[]) AND lease_owner = $2
+RETURNING plan_id;
+
 -- name: release_leases
 UPDATE retry_plan SET lease_owner = NULL, lease_expires_at = NULL
  WHERE plan_id = ANY($1::uuid[]) AND lease_owner = $2;

@@ -7,8 +7,10 @@ In chunks of plans, in short steps that never hold a transaction across the netw
    that forbids the attempt reschedules it instead — and insert the attempts as OPEN with
    the idempotency keys ``retry-<plan>-attempt-<n>``, or find the open attempt of a worker
    that died; lease the plans to this worker;
-2. **charge** through the gateway, then **record** the outcome, the next decision (or
-   RECOVERED / EXHAUSTED), the events and the audit rows in one transaction.
+2. **charge** through the gateway, renewing the chunk's leases every third of the lease while
+   it does (a slow gateway never lets another worker take a plan being charged), then
+   **record** the outcome, the next decision (or RECOVERED / EXHAUSTED), the events and the
+   audit rows in one transaction.
 
 A worker killed mid-charge leaves its attempt OPEN; once its lease expires another worker
 replays it with the same key, so the customer is charged once.
@@ -22,8 +24,9 @@ import dataclasses
 import logging
 import os
 import socket
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -339,11 +342,58 @@ class RetryJob:
                 plan_ids, exc, lambda one: self._process(_Named(one, due_by), source)
             )
         if opened:
-            await self._charge_all(opened)
+            async with self._leases_renewed([a.plan_id for a in opened] + later):
+                await self._charge_all(opened)
             results += await self._record_isolated(opened)
-        for plan_id in later:  # a card already attempted in this chunk: after its outcome
-            results += await self._process(_Named([plan_id]), source)
+        if later:  # a card already attempted in this chunk: after its outcome
+            async with self._leases_renewed(later):
+                for plan_id in later:
+                    results += await self._process(_Named([plan_id]), source)
         return results
+
+    @contextlib.asynccontextmanager
+    async def _leases_renewed(self, plan_ids: list[uuid.UUID]) -> AsyncIterator[None]:
+        """While the block runs (a chunk charging, plans put off until another plan's outcome
+        on their card), this worker's leases of ``plan_ids`` are renewed every third of the
+        lease: however slow the gateway, no other worker takes a plan that this one is
+        charging. A block shorter than a third of the lease renews nothing; the renewals stop
+        with it, however it ends, so a worker that stops or dies never keeps a lease alive."""
+        stop = asyncio.Event()
+        renewing = asyncio.create_task(self._renew_leases(plan_ids, stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            await renewing
+
+    async def _renew_leases(self, plan_ids: list[uuid.UUID], stop: asyncio.Event) -> None:
+        every, started = self._lease.total_seconds() / 3, time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+            if stop.is_set():
+                return
+            try:
+                async with self._db.connection() as conn:
+                    held = await plans.renew_leases(
+                        conn, plan_ids, self.worker_id, self._lease.total_seconds()
+                    )
+            except Exception:  # the next renewal tries again; a lease that runs out is lost
+                log.warning(
+                    "could not renew the leases of %d retry plans",
+                    len(plan_ids),
+                    exc_info=True,
+                    extra={"action": "retry_job.lease_renewal_failed"},
+                )
+                continue
+            log.info(
+                "a chunk of the billing job is still charging after %.0f s: leases of %d of its "
+                "%d retry plans renewed",
+                time.monotonic() - started,
+                held,
+                len(plan_ids),
+                extra={"action": "retry_job.leases_renewed", "plans": held},
+            )
 
     async def _record_isolated(self, opened: list[_Attempt]) -> list[str]:
         try:

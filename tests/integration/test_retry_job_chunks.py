@@ -5,6 +5,7 @@ hold up the others, and two plans on one card never dodge the networks' rules to
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -241,6 +242,78 @@ async def test_the_chunk_size_is_a_setting(client: Client, db: Database) -> None
     assert sorted(Counter(r["occurred_at"] for r in times).values()) == [1, 2, 2]
     with pytest.raises(ConfigError, match="REFUND_RETRY_RETRY_CHUNK"):
         Config.from_env({"REFUND_RETRY_RETRY_CHUNK": "0"})
+
+
+async def test_a_chunk_slower_than_its_lease_keeps_its_plans(
+    client: Client, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gateway slower than the lease: the chunk's leases are renewed while it charges, so a
+    second worker that comes after the lease the chunk was opened with finds nothing to take,
+    and the first records every outcome: one attempt and one charge per plan, none lost."""
+    caplog.set_level(logging.INFO, logger="service.jobs.retry_job")
+    plans = [
+        (await record(client, failure(outcome="succeed", card=f"pm_slow_{i}"))).plan.plan_id
+        for i in range(2)
+    ]
+    keys: list[str] = []
+    charging = asyncio.Event()
+
+    async def slow(request: ChargeRequest, outcome: ChargeOutcome) -> None:
+        keys.append(request.idempotency_key)
+        charging.set()
+        await asyncio.sleep(1.5)  # each charge takes longer than the lease
+
+    lease, due_by = timedelta(seconds=1), datetime.now(UTC) + DUE
+    slow_worker = job(client, db, SandboxGateway(), lease=lease, concurrency=1, after_charge=slow)
+    first = asyncio.create_task(slow_worker.run(due_by=due_by))
+    await asyncio.wait_for(charging.wait(), 30)
+    await asyncio.sleep(1.5)  # the leases the chunk was opened with have run out
+    second = await job(client, db, SandboxGateway(), lease=lease, after_charge=slow).run(
+        due_by=due_by
+    )
+    assert second.claimed == 0
+    summary = await first
+    assert (summary.claimed, summary.recovered, summary.lease_lost) == (2, 2, 0)
+    assert sorted(keys) == sorted(f"retry-{p}-attempt-2" for p in plans)
+    for plan_id in plans:
+        plan = await plan_of(client, plan_id)
+        assert (plan.status, len(plan.attempts)) == (PS.RETRY_PLAN_STATUS_RECOVERED, 2)
+    renewed = [r for r in caplog.records if getattr(r, "action", "") == "retry_job.leases_renewed"]
+    assert renewed
+    assert all(r.plans <= 2 for r in renewed)  # type: ignore[attr-defined]
+
+
+async def test_a_worker_that_dies_mid_chunk_stops_renewing_its_leases(
+    client: Client, db: Database
+) -> None:
+    """The leases are renewed only while the chunk runs: a worker that dies mid-chunk, after a
+    renewal, stops renewing, so its plan is taken again once the lease runs out and its open
+    attempt is replayed with the same key."""
+    plan_id = (await record(client, failure(outcome="succeed", card="pm_dies"))).plan.plan_id
+
+    async def die_later(request: ChargeRequest, outcome: ChargeOutcome) -> None:
+        await asyncio.sleep(0.6)  # past the first renewal, a third of the lease in
+        raise Crash
+
+    due_by = datetime.now(UTC) + DUE
+    dying = job(client, db, SandboxGateway(), lease=timedelta(seconds=1), after_charge=die_later)
+    with pytest.raises(Crash):
+        await dying.run(due_by=due_by)
+    async with db.connection() as conn:
+        expires = await conn.fetchval(
+            "SELECT lease_expires_at - now() FROM retry_plan WHERE plan_id = $1",
+            uuid.UUID(plan_id),
+        )
+    assert timedelta(0) < expires <= timedelta(seconds=1)
+    await asyncio.sleep(1.2)
+    keys: list[str] = []
+
+    async def count(request: ChargeRequest, outcome: ChargeOutcome) -> None:
+        keys.append(request.idempotency_key)
+
+    summary = await job(client, db, SandboxGateway(), after_charge=count).run(due_by=due_by)
+    assert (summary.claimed, summary.recovered) == (1, 1)
+    assert keys == [f"retry-{plan_id}-attempt-2"]
 
 
 async def test_two_plans_on_one_card_are_attempted_one_after_the_other(
