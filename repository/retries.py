@@ -306,9 +306,9 @@ async def attempt_facts(
     conn: Connection, plan_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, asyncpg.Record]:
     """Per plan (with any attempt): next_number, last_class, and open_attempt_id with that
-    attempt's attempt_number, payment_method_id, retry_of_class, attempted_at and
-    gateway_charge_id (known when the gateway answered PENDING) when it is still open: a
-    worker died mid-charge, or the outcome is unknown or pending."""
+    attempt's attempt_number, source, payment_method_id, network, retry_of_class,
+    attempted_at and gateway_charge_id (known when the gateway answered PENDING) when it is
+    still open: a worker died mid-charge, or the outcome is unknown or pending."""
     return {r["plan_id"]: r for r in await conn.fetch(Q["attempt_facts"], list(plan_ids))}
 
 
@@ -358,6 +358,8 @@ async def open_attempts(
 
 @dataclass(slots=True)
 class FinishedAttempt:
+    """An attempt's outcome columns, as they are stored (the message cut to 1,000 characters)."""
+
     attempt_id: uuid.UUID
     outcome: str
     decline_code: str = ""
@@ -367,13 +369,15 @@ class FinishedAttempt:
     gateway_charge_id: str = ""
     message: str = ""
 
+    def __post_init__(self) -> None:
+        self.message = self.message[:1000]
 
-async def finish_attempts(
-    conn: Connection, finished: Sequence[FinishedAttempt]
-) -> dict[uuid.UUID, asyncpg.Record]:
+
+async def finish_attempts(conn: Connection, finished: Sequence[FinishedAttempt]) -> None:
     """Record outcomes of OPEN (or UNKNOWN) attempts of plans this transaction locked with
-    ``leased_plans``; the updated rows by attempt id."""
-    rows = await conn.fetch(
+    ``leased_plans``. An attempt that is not stored raises LookupError (the caller's
+    transaction then writes nothing)."""
+    updated = await conn.fetch(
         Q["finish_attempts"],
         [f.attempt_id for f in finished],
         [f.outcome for f in finished],
@@ -382,9 +386,11 @@ async def finish_attempts(
         [f.mc_advice_code for f in finished],
         [f.decline_class for f in finished],
         [f.gateway_charge_id for f in finished],
-        [f.message[:1000] for f in finished],
+        [f.message for f in finished],
     )
-    return {r["attempt_id"]: r for r in rows}
+    missing = {f.attempt_id for f in finished} - {r["attempt_id"] for r in updated}
+    if missing:
+        raise LookupError(f"attempts {sorted(map(str, missing))} are not stored")
 
 
 @dataclass(slots=True)

@@ -212,8 +212,8 @@ SELECT p.plan_id,
                   WHERE d.plan_id = p.plan_id AND d.decline_class <> ''
                   ORDER BY d.attempt_number DESC LIMIT 1), '') AS last_class,
        CASE WHEN l.outcome IN ('OPEN', 'UNKNOWN') THEN l.attempt_id END AS open_attempt_id,
-       l.attempt_number, l.payment_method_id, l.retry_of_class, l.attempted_at,
-       l.gateway_charge_id
+       l.attempt_number, l.source, l.payment_method_id, l.network, l.retry_of_class,
+       l.attempted_at, l.gateway_charge_id
   FROM (SELECT DISTINCT unnest($1::uuid[]) AS plan_id) p
   JOIN LATERAL (SELECT * FROM payment_attempt a WHERE a.plan_id = p.plan_id
                  ORDER BY a.attempt_number DESC LIMIT 1) l ON true
@@ -273,6 +273,8 @@ UPDATE retry_plan p
 -- on the outcome here: PostgreSQL estimated one from its statistics (OPEN attempts are rare
 -- in the table) and, for chunks of a few hundred, planned a sequential scan joined to the
 -- arrays by a nested loop, whose cost grew with the chunk squared.
+-- Only the ids come back: the job holds the rest of each row (what it inserted, or found open,
+-- and the outcome it writes here), and decoding every row again cost it more.
 UPDATE payment_attempt a
    SET outcome = u.outcome, decline_code = u.decline_code,
        visa_response_code = u.visa_response_code, mc_advice_code = u.mc_advice_code,
@@ -283,7 +285,7 @@ UPDATE payment_attempt a
        AS u(attempt_id, outcome, decline_code, visa_response_code, mc_advice_code,
             decline_class, gateway_charge_id, message)
  WHERE a.attempt_id = u.attempt_id
-RETURNING a.*;
+RETURNING a.attempt_id;
 
 -- name: insert_decisions
 -- At most one decision per plan per call: each gets the plan's next sequence number.

@@ -119,6 +119,8 @@ class _Attempt:
     attempt_id: uuid.UUID
     request: ChargeRequest
     gateway: str
+    source: str
+    network: str
     retry_of_class: str
     started_at: datetime
     replayed: bool  # an attempt opened before (a worker died, or its outcome is unknown)
@@ -539,6 +541,7 @@ class RetryJob:
                     number, method_id = fact["attempt_number"], fact["payment_method_id"]
                     attempt_id, retry_of = fact["open_attempt_id"], fact["retry_of_class"]
                     started_at, charge_id = fact["attempted_at"], fact["gateway_charge_id"]
+                    opened_by, network = fact["source"], fact["network"]
                     replayed = True
                 else:
                     wallet = wallets[plan_id]
@@ -581,6 +584,7 @@ class RetryJob:
                     number = fact["next_number"] if fact is not None else 1
                     retry_of = fact["last_class"] if fact is not None else ""
                     method_id, started_at, charge_id = method.payment_method_id, now, ""
+                    opened_by, network = source, method.network.value
                     replayed = False
                     hour, day, days = slot_of(
                         now, ZoneInfo(plan["time_zone"]), plan["first_failed_at"]
@@ -589,10 +593,10 @@ class RetryJob:
                         plans.NewAttempt(
                             plan_id=plan_id,
                             attempt_number=number,
-                            source=source,
-                            attempted_at=now,
+                            source=opened_by,
+                            attempted_at=started_at,
                             payment_method_id=method_id,
-                            network=method.network.value,
+                            network=network,
                             outcome="OPEN",
                             idempotency_key=idempotency_key(plan_id, number),
                             local_hour=hour,
@@ -619,8 +623,10 @@ class RetryJob:
                         attempt_id,
                         request,
                         plan["gateway"],
-                        retry_of,
-                        started_at,
+                        source=opened_by,
+                        network=network,
+                        retry_of_class=retry_of,
+                        started_at=started_at,
                         replayed=replayed,
                     )
                 )
@@ -662,7 +668,8 @@ class RetryJob:
                 return lost
             for attempt in mine:
                 w.finished.append(_finished(attempt))
-            attempts = await plans.finish_attempts(conn, w.finished)
+            await plans.finish_attempts(conn, w.finished)
+            finished = {f.attempt_id: f for f in w.finished}
             # The decisions see this chunk's outcomes in the card history.
             wallets = {a.plan_id: _wallet(locked[a.plan_id]) for a in mine}
             histories = await CardHistories.read(conn, list(wallets.values()), now)
@@ -710,7 +717,7 @@ class RetryJob:
                     conn,
                     state,
                     attempt,
-                    attempts[attempt.attempt_id],
+                    finished[attempt.attempt_id],
                     will_retry=w.next_at.get(plan_id) is not None,
                     next_at=w.next_at.get(plan_id),
                 )
@@ -898,13 +905,31 @@ async def _attempted(
     conn: Connection,
     plan: retry_plan_pb2.RetryPlan,
     attempt: _Attempt,
-    row: asyncpg.Record,
+    finished: plans.FinishedAttempt,
     *,
     will_retry: bool,
     next_at: datetime | None,
 ) -> None:
-    """The attempt's event and audit row."""
-    message = convert.payment_attempt(row)
+    """The attempt's event and audit row. The event's attempt is built from what the job
+    wrote: the row as the open transaction inserted it (or found it open) with the outcome
+    columns ``finished`` has just stored."""
+    message = convert.payment_attempt(
+        {
+            "attempt_number": attempt.request.attempt,
+            "source": attempt.source,
+            "attempted_at": attempt.started_at,
+            "payment_method_id": attempt.request.payment_method,
+            "network": attempt.network,
+            "idempotency_key": attempt.request.idempotency_key,
+            "outcome": finished.outcome,
+            "decline_code": finished.decline_code,
+            "visa_response_code": finished.visa_response_code,
+            "mc_advice_code": finished.mc_advice_code,
+            "decline_class": finished.decline_class,
+            "gateway_charge_id": finished.gateway_charge_id,
+            "message": finished.message,
+        }
+    )
     await changes.record(
         conn,
         actor=SYSTEM.name,

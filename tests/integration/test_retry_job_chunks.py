@@ -82,6 +82,9 @@ async def test_each_plan_of_a_chunk_ends_as_it_would_alone(client: Client, db: D
         assert attempted[0].retry_attempted.plan.status == status
         assert not attempted[0].retry_attempted.plan.attempts
         assert attempted[0].retry_attempted.attempt.attempt_number == 2
+        # the event's attempt is the stored one, field for field, though the job builds it
+        # from what it wrote
+        assert attempted[0].retry_attempted.attempt == plan.attempts[-1]
         assert attempted[0].retry_attempted.will_retry == (status == PS.RETRY_PLAN_STATUS_ACTIVE)
         after = [e.type for e in stream[stream.index(attempted[0]) + 1 :]]
         if last_event is None:
@@ -410,6 +413,11 @@ async def test_a_new_attempt_waits_for_a_replay_on_its_card_in_the_same_chunk(
     )
     assert keys == [f"retry-{first}-attempt-2"]  # the replay only
     assert (summary.claimed, summary.exhausted, summary.card_busy) == (2, 1, 1)
+    # the replayed attempt keeps what it was opened with (RetryNow), and its event says so
+    (attempted,) = [e for e in await events(db, first) if e.type == "retry.attempted"]
+    replayed = (await plan_of(client, first)).attempts[-1]
+    assert replayed.source == retry_plan_pb2.AttemptSource.ATTEMPT_SOURCE_RETRY_NOW
+    assert attempted.retry_attempted.attempt == replayed
     summary = await job(client, db, SandboxGateway(), after_charge=count).run(
         due_by=datetime.now(UTC) + DUE
     )
