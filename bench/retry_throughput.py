@@ -1037,11 +1037,26 @@ def find_py_spy() -> str | None:
 
 
 async def run_children(
-    mode: str, dsn: str, count: int, extra: list[str], *, profile: Path | None = None
+    mode: str,
+    dsn: str,
+    count: int,
+    extra: list[str],
+    *,
+    profile: Path | None = None,
+    start_wall: float | None = None,
 ) -> list[dict[str, Any]]:
-    """``count`` processes of this module in child ``mode``, started together; with
-    ``profile``, each under ``py-spy record`` (which must be installed)."""
+    """``count`` processes of this module in child ``mode``, started together (2 s from now,
+    or at the wall-clock time ``start_wall``); with ``profile``, each under ``py-spy record``
+    (which must be installed)."""
     start_at = time.monotonic() + 2.0
+    if start_wall is not None:
+        ahead = start_wall - time.time()
+        if ahead < 1.0:
+            raise RuntimeError(
+                f"--start-at-wall is {-ahead:.0f} s past (or less than 1 s ahead) when the phase "
+                "is ready: give a later time"
+            )
+        start_at = time.monotonic() + ahead
     py_spy = find_py_spy()
     if profile is not None and py_spy is None:
         raise RuntimeError("py-spy is not installed")
@@ -1247,7 +1262,10 @@ async def phase_jobs(ctx: Context, label: str, title: str, count: int, *, procs:
                 await db.close()
         else:
             run = JobRun()
-            for part in await run_children("job", ctx.dsn, procs, ctx.child_args(1)):
+            children = await run_children(
+                "job", ctx.dsn, procs, ctx.child_args(1), start_wall=args.start_at_wall
+            )
+            for part in children:
                 run.merge(JobRun(**part))
     phase.report = run.report(max(procs, 1), args.workers if procs == 0 else procs)
     phase.report["job"] = ctx.job_settings()
@@ -1308,6 +1326,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await admin(f'CREATE DATABASE "{name}"', args.admin_url)
     try:
         await migrate(dsn)
+        if args.extra_sql:
+            await admin(args.extra_sql, dsn)
         db = await Database.connect(dsn, max_size=4)
         conn: Connection = await asyncpg.connect(dsn)
         try:
@@ -1373,12 +1393,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def code_state() -> dict[str, str]:
-    """The commit measured, and whether the job's code had uncommitted changes."""
+    """The commit measured, and whether the job's code had uncommitted changes: those of the
+    checkout the ``service`` package was imported from (``bench/duel`` runs this benchmark
+    against another checkout's code)."""
+    checkout = Path(convert.__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
         try:
             done = subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
+                ["git", *args],
+                cwd=checkout,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
             )
         except OSError:
             return ""
@@ -1660,6 +1688,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=85,
         help="phase C: the largest size again with this retry_plan fillfactor (0: skip)",
+    )
+    add(
+        "--extra-sql",
+        help="SQL run once the database is migrated: a what-if on the schema (say, an index "
+        "dropped), recorded with the results",
+    )
+    add(
+        "--start-at-wall",
+        type=float,
+        help="B2/B3: the job processes start at this time (seconds since the epoch), not 2 s "
+        "after they are spawned, so that two runs started together (two versions of the code, "
+        "say) measure at the same moment on the same host; for one B phase",
     )
     add("--phases", type=phase_list, default=list(PHASES), help=f"subset of {','.join(PHASES)}")
     add("--admin-url", default=ADMIN_URL, help="PostgreSQL URL allowed to create databases")
