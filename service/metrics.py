@@ -136,6 +136,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.job_lease_renewals = Counter(
+            f"{PREFIX}billing_job_lease_renewals",
+            "payment retry plans whose lease the billing job renewed while their chunk was "
+            "still charging (a gateway slower than a third of LEASE_SECONDS), each time it did",
+            registry=r,
+        )
         # Every known outcome is exported from the start (at 0), so rates work from the first
         # event on.
         for outcome in REFUND_OUTCOMES.values():
@@ -164,6 +170,7 @@ class Metrics:
             self.job_refunds.labels(outcome).inc(getattr(summary, attribute))
         for attribute, outcome in RETRY_OUTCOMES.items():
             self.job_retries.labels(outcome).inc(getattr(summary.payment_retries, attribute))
+        self.job_lease_renewals.inc(summary.payment_retries.leases_renewed)
 
     async def exposition(self) -> bytes:
         """The text a scrape gets (the outbox backlog refreshed first)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import os
@@ -88,6 +89,13 @@ UNKNOWN_GIVE_UP_AFTER = timedelta(hours=20)
 STATS_MAX_AGE = timedelta(minutes=10)
 
 
+# The leases renewed during the current run (RetryJob.run sets it; the chunks' tasks, and the
+# renewal tasks they start, see the run's counter whichever runs overlap).
+_RENEWED: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "retry_job_leases_renewed", default=None
+)
+
+
 def idempotency_key(plan_id: uuid.UUID, attempt: int) -> str:
     return f"retry-{plan_id}-attempt-{attempt}"
 
@@ -106,6 +114,9 @@ class RetrySummary:
     lease_lost: int = 0
     errors: int = 0
     dunning_steps: int = 0
+    # Not an outcome: plans whose lease was renewed while their chunk charged, each time it
+    # was (a gateway slower than a third of the lease).
+    leases_renewed: int = 0
 
     def count(self, result: str) -> None:
         setattr(self, result, getattr(self, result) + 1)
@@ -214,6 +225,8 @@ class RetryJob:
         # read again 30 s on): later chunks leave out what the run took.
         running: list[asyncio.Task[list[str]]] = []
         taken: list[uuid.UUID] = []
+        renewed = [0]
+        counting = _RENEWED.set(renewed)
         try:
             for gateways, most in claims:
                 while gateways and most > 0:
@@ -229,6 +242,8 @@ class RetryJob:
             for task in running:
                 task.cancel()
             raise
+        finally:
+            _RENEWED.reset(counting)  # the chunks' tasks keep the counter they started with
         failure: BaseException | None = None
         for outcome in await asyncio.gather(*running, return_exceptions=True):
             if isinstance(outcome, BaseException):
@@ -239,6 +254,7 @@ class RetryJob:
         if failure is not None:
             raise failure
         summary.claimed = len(taken)
+        summary.leases_renewed = renewed[0]
         summary.dunning_steps = await dunning.run_due(self._db, actor=SYSTEM.name, limit=limit)
         return summary
 
@@ -388,6 +404,8 @@ class RetryJob:
                     extra={"action": "retry_job.lease_renewal_failed"},
                 )
                 continue
+            if (renewed := _RENEWED.get()) is not None:
+                renewed[0] += held
             log.info(
                 "a chunk of the billing job is still charging after %.0f s: leases of %d of its "
                 "%d retry plans renewed",

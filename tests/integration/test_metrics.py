@@ -9,11 +9,15 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from refundretry.v1 import refund_retry_service_pb2 as pb
 from repository.database import Database
 from service.gateways.breaker import BreakerGateway
+from service.jobs.billing_job import JobSummary
+from service.jobs.retry_job import RetrySummary
+from service.metrics import Metrics
 from service.server import Service
 from tests.conftest import database_unreachable
 from tests.integration import builders as b
@@ -33,6 +37,10 @@ async def scrape(service: Service) -> Samples:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
         text = await response.text()
+    return parse(text)
+
+
+def parse(text: str) -> Samples:
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)
@@ -105,6 +113,18 @@ async def test_billing_job_outcomes_are_counted_per_run(client: Client) -> None:
     assert value(samples, "refund_retry_billing_job_refunds_total", outcome="failed") == 0
     assert value(samples, "refund_retry_billing_job_retry_attempts_total", outcome="recovered") == 0
     assert value(samples, "refund_retry_billing_job_run_seconds_count") == 1
+
+
+def test_lease_renewals_are_counted_apart_from_outcomes() -> None:
+    """A run whose chunks outlived a third of the lease: its renewals are their own counter
+    (they are not outcomes of attempts), starting at 0."""
+    metrics = Metrics()
+    samples = parse(generate_latest(metrics.registry).decode())
+    assert samples[("refund_retry_billing_job_lease_renewals_total", frozenset())] == 0
+    metrics.billing_run(JobSummary(payment_retries=RetrySummary(recovered=2, leases_renewed=3)))
+    samples = parse(generate_latest(metrics.registry).decode())
+    assert samples[("refund_retry_billing_job_lease_renewals_total", frozenset())] == 3
+    assert value(samples, "refund_retry_billing_job_retry_attempts_total", outcome="recovered") == 2
 
 
 async def test_breaker_state_and_openings_per_gateway(client: Client) -> None:
