@@ -1503,7 +1503,6 @@ def table(result: dict[str, Any]) -> str:
             f"\ntarget >= {TARGET:,} attempts/s: the service's RetryJob, best {top:,.0f}/s "
             f"({'met' if top >= TARGET else 'NOT met'})"
         )
-        rat = result.get("ratios", {})
         best = max(
             (p for p in service if p["label"] in rat),
             key=lambda p: p["report"]["attempts_per_second"],

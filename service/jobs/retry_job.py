@@ -166,7 +166,7 @@ class _Named:
 class _Writes:
     """What a chunk's record transaction writes, per plan, in one statement per table."""
 
-    finished: list[plans.FinishedAttempt] = field(default_factory=list)
+    finished: dict[uuid.UUID, plans.FinishedAttempt] = field(default_factory=dict)  # by attempt
     decisions: list[tuple[plans.NewDecision, Decision]] = field(default_factory=list)
     moves: list[plans.PlanMove] = field(default_factory=list)
     results: dict[uuid.UUID, str] = field(default_factory=dict)
@@ -685,9 +685,8 @@ class RetryJob:
             if not mine:
                 return lost
             for attempt in mine:
-                w.finished.append(_finished(attempt))
-            await plans.finish_attempts(conn, w.finished)
-            finished = {f.attempt_id: f for f in w.finished}
+                w.finished[attempt.attempt_id] = _finished(attempt)
+            await plans.finish_attempts(conn, list(w.finished.values()))
             # The decisions see this chunk's outcomes in the card history.
             wallets = {a.plan_id: _wallet(locked[a.plan_id]) for a in mine}
             histories = await CardHistories.read(conn, list(wallets.values()), now)
@@ -735,7 +734,7 @@ class RetryJob:
                     conn,
                     state,
                     attempt,
-                    finished[attempt.attempt_id],
+                    w.finished[attempt.attempt_id],
                     will_retry=w.next_at.get(plan_id) is not None,
                     next_at=w.next_at.get(plan_id),
                 )
