@@ -59,7 +59,7 @@ from service.domain.retry_timing import AllowedHours
 from service.errors import InvalidArgument, Unavailable
 from service.grpc.caller import principal_of
 from service.grpc.errors import abort
-from service.jobs.billing_job import BillingJob, JobRequest, run_once
+from service.jobs.billing_job import BillingJob, JobRequest, JobSummary, run_once
 from service.jobs.retry_job import RetryJob
 from service.messages import money, optional_time
 from service.outbox import watch
@@ -234,6 +234,40 @@ def _campaign(message: dunning_pb2.DunningCampaign) -> Campaign:
         segment=dict(message.segment),
         priority=message.priority,
         description=message.description,
+    )
+
+
+def billing_job_summary(summary: JobSummary) -> pb.BillingJobSummary:
+    """What RunBillingJob answers: every count of the run (tests/unit/test_job_summary.py
+    checks that none is left out)."""
+    retries = summary.payment_retries
+    return pb.BillingJobSummary(
+        refunds_claimed=summary.claimed,
+        refunds_succeeded=summary.succeeded,
+        refunds_pending_at_gateway=summary.pending_at_gateway,
+        retries_scheduled=summary.retries_scheduled,
+        refunds_failed=summary.failed,
+        refunds_requires_action=summary.requires_action,
+        outcomes_unknown=summary.unknown,
+        errors=summary.errors,
+        refunds_lease_lost=summary.lease_lost,
+        refunds_not_attempted=summary.not_attempted,
+        elapsed=convert.duration(summary.elapsed),
+        payment_retries=pb.PaymentRetrySummary(
+            plans_claimed=retries.claimed,
+            recovered=retries.recovered,
+            rescheduled=retries.rescheduled,
+            waiting_for_customer=retries.waiting_for_customer,
+            exhausted=retries.exhausted,
+            blocked_by_rules=retries.blocked_by_rules,
+            outcomes_unknown=retries.unknown,
+            not_attempted=retries.not_attempted,
+            card_busy=retries.card_busy,
+            lease_lost=retries.lease_lost,
+            errors=retries.errors,
+            dunning_steps=retries.dunning_steps,
+            leases_renewed=retries.leases_renewed,
+        ),
     )
 
 
@@ -432,32 +466,7 @@ class RefundRetryServicer(pb_grpc.RefundRetryServiceServicer):
                 limit=min(request.limit or 500, 10_000),
             ),
         )
-        return pb.RunBillingJobResponse(
-            summary=pb.BillingJobSummary(
-                refunds_claimed=summary.claimed,
-                refunds_succeeded=summary.succeeded,
-                refunds_pending_at_gateway=summary.pending_at_gateway,
-                retries_scheduled=summary.retries_scheduled,
-                refunds_failed=summary.failed,
-                refunds_requires_action=summary.requires_action,
-                outcomes_unknown=summary.unknown,
-                errors=summary.errors,
-                elapsed=convert.duration(summary.elapsed),
-                payment_retries=pb.PaymentRetrySummary(
-                    plans_claimed=summary.payment_retries.claimed,
-                    recovered=summary.payment_retries.recovered,
-                    rescheduled=summary.payment_retries.rescheduled,
-                    waiting_for_customer=summary.payment_retries.waiting_for_customer,
-                    exhausted=summary.payment_retries.exhausted,
-                    blocked_by_rules=summary.payment_retries.blocked_by_rules,
-                    outcomes_unknown=summary.payment_retries.unknown,
-                    not_attempted=summary.payment_retries.not_attempted,
-                    card_busy=summary.payment_retries.card_busy,
-                    errors=summary.payment_retries.errors,
-                    dunning_steps=summary.payment_retries.dunning_steps,
-                ),
-            )
-        )
+        return pb.RunBillingJobResponse(summary=billing_job_summary(summary))
 
     # -- payment retries --------------------------------------------------------------------
 

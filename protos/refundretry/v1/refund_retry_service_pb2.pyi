@@ -736,6 +736,8 @@ class BillingJobSummary(_message.Message):
     ELAPSED_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
     PAYMENT_RETRIES_FIELD_NUMBER: _builtins.int
+    REFUNDS_LEASE_LOST_FIELD_NUMBER: _builtins.int
+    REFUNDS_NOT_ATTEMPTED_FIELD_NUMBER: _builtins.int
     refunds_claimed: _builtins.int
     refunds_succeeded: _builtins.int
     refunds_pending_at_gateway: _builtins.int
@@ -749,6 +751,14 @@ class BillingJobSummary(_message.Message):
     errors: _builtins.int
     """Details whose processing failed (logged); their leases were released, so the next run
     picks them up again.
+    """
+    refunds_lease_lost: _builtins.int
+    """Details another worker took over because this run's lease on them ran out: that worker
+    records their outcome (the gateway call is replayed under the same idempotency key).
+    """
+    refunds_not_attempted: _builtins.int
+    """Replays and status checks that never reached the gateway (unreachable, or its circuit
+    breaker open): tried again by a later run.
     """
     @_builtins.property
     def elapsed(self) -> _duration_pb2.Duration: ...
@@ -769,10 +779,12 @@ class BillingJobSummary(_message.Message):
         elapsed: _duration_pb2.Duration | None = ...,
         errors: _builtins.int = ...,
         payment_retries: Global___PaymentRetrySummary | None = ...,
+        refunds_lease_lost: _builtins.int = ...,
+        refunds_not_attempted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["elapsed", b"elapsed", "payment_retries", b"payment_retries"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed", b"elapsed", "errors", b"errors", "outcomes_unknown", b"outcomes_unknown", "payment_retries", b"payment_retries", "refunds_claimed", b"refunds_claimed", "refunds_failed", b"refunds_failed", "refunds_pending_at_gateway", b"refunds_pending_at_gateway", "refunds_requires_action", b"refunds_requires_action", "refunds_succeeded", b"refunds_succeeded", "retries_scheduled", b"retries_scheduled"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed", b"elapsed", "errors", b"errors", "outcomes_unknown", b"outcomes_unknown", "payment_retries", b"payment_retries", "refunds_claimed", b"refunds_claimed", "refunds_failed", b"refunds_failed", "refunds_lease_lost", b"refunds_lease_lost", "refunds_not_attempted", b"refunds_not_attempted", "refunds_pending_at_gateway", b"refunds_pending_at_gateway", "refunds_requires_action", b"refunds_requires_action", "refunds_succeeded", b"refunds_succeeded", "retries_scheduled", b"retries_scheduled"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -795,6 +807,8 @@ class PaymentRetrySummary(_message.Message):
     DUNNING_STEPS_FIELD_NUMBER: _builtins.int
     NOT_ATTEMPTED_FIELD_NUMBER: _builtins.int
     CARD_BUSY_FIELD_NUMBER: _builtins.int
+    LEASE_LOST_FIELD_NUMBER: _builtins.int
+    LEASES_RENEWED_FIELD_NUMBER: _builtins.int
     plans_claimed: _builtins.int
     recovered: _builtins.int
     rescheduled: _builtins.int
@@ -816,6 +830,14 @@ class PaymentRetrySummary(_message.Message):
     plan was left due and is attempted by a later run, once that outcome can be checked
     against the card networks' rules.
     """
+    lease_lost: _builtins.int
+    """Plans another worker took over because this run's lease on them ran out: that worker
+    records their outcome (the attempt is replayed under the same idempotency key).
+    """
+    leases_renewed: _builtins.int
+    """Not an outcome: how many times a plan's lease was renewed while its chunk was charged.
+    Above 0 means the gateway answered slower than a third of the lease for a chunk.
+    """
     def __init__(
         self,
         *,
@@ -830,10 +852,12 @@ class PaymentRetrySummary(_message.Message):
         dunning_steps: _builtins.int = ...,
         not_attempted: _builtins.int = ...,
         card_busy: _builtins.int = ...,
+        lease_lost: _builtins.int = ...,
+        leases_renewed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_by_rules", b"blocked_by_rules", "card_busy", b"card_busy", "dunning_steps", b"dunning_steps", "errors", b"errors", "exhausted", b"exhausted", "not_attempted", b"not_attempted", "outcomes_unknown", b"outcomes_unknown", "plans_claimed", b"plans_claimed", "recovered", b"recovered", "rescheduled", b"rescheduled", "waiting_for_customer", b"waiting_for_customer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_by_rules", b"blocked_by_rules", "card_busy", b"card_busy", "dunning_steps", b"dunning_steps", "errors", b"errors", "exhausted", b"exhausted", "lease_lost", b"lease_lost", "leases_renewed", b"leases_renewed", "not_attempted", b"not_attempted", "outcomes_unknown", b"outcomes_unknown", "plans_claimed", b"plans_claimed", "recovered", b"recovered", "rescheduled", b"rescheduled", "waiting_for_customer", b"waiting_for_customer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
