@@ -13,8 +13,10 @@ Conventions, the same in every rule:
 - A Visa reattempt is any attempt on the card after its first decline (the first decline in
   time; equal times keep the history's order). An approval does not restart the count.
 - Every decline's wait (MAC 24-30, 02) holds, not only the latest one's.
-- The Visa limit applies to a Visa card (this attempt's network or a past one's is VISA); the
-  daily limit and the never rules to every card, whatever its network.
+- The Visa limit applies to a Visa card: this attempt's network or a past one's is VISA, or a
+  past decline of the card carried a Visa response code that was read as Visa's (a card whose
+  network was not given: only Visa sends those codes). The daily limit and the never rules
+  apply to every card, whatever its network.
 - The "never" rules (Visa category 1, MAC 03 and 21, a hard decline) hold for good. The networks
   charge for retries within 30 days of such a decline; we read that conservatively as never,
   so the violation's ``retry_at`` is None and :func:`earliest_allowed` returns None.
@@ -180,10 +182,11 @@ class CardRules:
         self._attempts = sorted([a for a in history if a.card == card], key=_TIME_OF)
         # What does not depend on the time asked about, found once: the declines a never rule
         # holds after (with the first such rule and its place in the order), the declines that
-        # ask for a wait (with its end), and the times of the card's Visa attempts.
+        # ask for a wait (with its end), and the times of the card's attempts that show it is a
+        # Visa card.
         self._nevers: list[tuple[int, str, PastAttempt]] = []
         self._waits: list[tuple[datetime, PastAttempt, timedelta]] = []
-        self._visa_times = [a.at for a in self._attempts if a.network is _VISA]
+        self._visa_times = [a.at for a in self._attempts if _shows_visa(a)]
         for attempt in self._attempts:
             c = attempt.classification
             if attempt.approved or c is None:
@@ -280,6 +283,14 @@ class CardRules:
                     never=False,
                 )
         return None
+
+
+def _shows_visa(attempt: PastAttempt) -> bool:
+    """The attempt was on a Visa card: its network says so, or its decline carried a Visa
+    response code that was read (decline_codes reads one only for a VISA card or a card whose
+    network was not given)."""
+    c = attempt.classification
+    return attempt.network is _VISA or (c is not None and c.visa_category is not None)
 
 
 class _Refusal(NamedTuple):

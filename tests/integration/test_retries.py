@@ -253,10 +253,26 @@ async def test_a_worker_killed_mid_charge_leaves_one_charge(client: Client, db: 
 # -- the networks' rules are a guard ---------------------------------------------------------
 
 
-async def test_retry_now_cannot_exceed_the_visa_reattempt_limit(client: Client) -> None:
+@pytest.mark.parametrize(
+    ("network", "visa"),
+    [
+        ("VISA", ""),
+        # The network not given, but the failure carried a Visa response code: a Visa card.
+        ("OTHER", "51"),
+    ],
+)
+async def test_retry_now_cannot_exceed_the_visa_reattempt_limit(
+    client: Client, network: str, visa: str
+) -> None:
     await schedule(client, "test-many", [1], attempts=40)
     response = await record(
-        client, failure(schedule_code="test-many", outcome="decline:insufficient_funds")
+        client,
+        failure(
+            schedule_code="test-many",
+            outcome="decline:insufficient_funds",
+            network=network,
+            visa=visa,
+        ),
     )
     plan_id = response.plan.plan_id
     for _ in range(15):

@@ -107,13 +107,20 @@ def violations_in(history: Sequence[PastAttempt], limits: NetworkLimits) -> list
                     for a in later
                     if a.at < until
                 )
-        if any(a.network is VISA for a in own):
-            first = next((i for i, a in enumerate(own) if not a.approved), None)
-            reattempts = own[first + 1 :] if first is not None else []
-            for end in reattempts:
-                count = sum(end.at - limits.visa_window < r.at <= end.at for r in reattempts)
-                if count > limits.visa_max_reattempts:
-                    found.append(f"{card}: {count} Visa reattempts in the window ending {end.at}")
+        # A Visa card when the attempt is made: its network is VISA, or an earlier attempt's
+        # was, or an earlier decline carried a Visa response code that was read as Visa's.
+        first = next((i for i, a in enumerate(own) if not a.approved), None)
+        reattempts = own[first + 1 :] if first is not None else []
+        for index, end in enumerate(own):
+            visa = end.network is VISA or any(
+                a.network is VISA or (a.classification and a.classification.visa_category)
+                for a in own[:index]
+            )
+            if not visa or first is None or index <= first:
+                continue  # not a Visa card yet, or not a reattempt
+            count = sum(end.at - limits.visa_window < r.at <= end.at for r in reattempts)
+            if count > limits.visa_max_reattempts:
+                found.append(f"{card}: {count} Visa reattempts in the window ending {end.at}")
         for end in own:
             count = sum(end.at - DAY_24H < a.at <= end.at for a in own)
             if count > limits.max_attempts_per_day:
@@ -187,6 +194,31 @@ def test_the_visa_limit_is_for_visa_cards_only() -> None:
 def test_a_card_that_was_visa_stays_visa_for_the_limit() -> None:
     history = visa_series(15, step=DAY_24H)
     refused(check_attempt(CARD, OTHER, T0 + 16 * DAY_24H, history), "visa.reattempt_limit")
+
+
+def test_a_card_of_unknown_network_that_sent_visa_response_codes_is_held_to_the_visa_limit() -> (
+    None
+):
+    # Only Visa sends Visa response codes: a card whose network was not given but whose
+    # declines carried them is a Visa card, and its 16th reattempt in 30 days is refused.
+    coded = classify(Decline("insufficient_funds", OTHER, "51"))
+    history = [declined(T0 + i * DAY_24H, coded, network=OTHER) for i in range(16)]
+    violation = refused(
+        check_attempt(CARD, OTHER, T0 + 16 * DAY_24H, history), "visa.reattempt_limit"
+    )
+    assert violation.retry_at == T0 + DAY_24H + timedelta(days=30)
+    assert earliest_allowed(CARD, OTHER, T0 + 16 * DAY_24H, history) == violation.retry_at
+
+
+def test_a_card_of_unknown_network_without_visa_codes_is_not_held_to_the_visa_limit() -> None:
+    # A Visa code on a Mastercard is ignored (decline_codes says so in the reason), so it does
+    # not make the card a Visa card either.
+    plain = classify(Decline("insufficient_funds", OTHER))
+    ignored = classify(Decline("insufficient_funds", MC, "51"))
+    assert ignored.visa_category is None
+    for network, c in ((OTHER, plain), (MC, ignored)):
+        history = [declined(T0 + i * DAY_24H, c, network=network) for i in range(16)]
+        assert check_attempt(CARD, network, T0 + 16 * DAY_24H, history) is None
 
 
 @pytest.mark.parametrize("rule_id", sorted(NEVER))

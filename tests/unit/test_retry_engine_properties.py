@@ -585,7 +585,18 @@ def forbidden_attempts(made: Sequence[Made], plans: Sequence[SimPlan]) -> list[s
             day = [a for a in [*before, attempt] if attempt.at - CHECK_DAY < a.at <= attempt.at]
             if len(day) > CHECK_MAX_PER_DAY:
                 found.append(f"{attempt}: {len(day)} attempts on {card} in 24 hours")
-            if attempt.network is VISA and first_decline is not None:
+            # A Visa card: its network says so, now or before, or a decline on it carried a
+            # Visa response code that binds it (its network not given): only Visa sends those.
+            visa_card = attempt.network is VISA or any(
+                a.network is VISA
+                or (
+                    a.decline is not None
+                    and reads_visa_codes(a.network)
+                    and a.decline.visa_response_code.strip() != ""
+                )
+                for a in before
+            )
+            if visa_card and first_decline is not None:
                 reattempts = [
                     a
                     for a in [*before, attempt]
