@@ -25,11 +25,14 @@ async def list_events(
     size = validation.page_size(page_size, default=100)
     validation.identifier(entity_type, "entity_type", required=False)
     validation.identifier(entity_id, "entity_id", required=False)
+    filters = (entity_type, entity_id, start, end)
+    # A bare sequence number is the first format of these tokens (no filters bound).
+    position = page_token if page_token.isdigit() else validation.page_position(page_token, filters)
     after = 0
-    if page_token:
-        if not page_token.isdigit():
+    if position:
+        if not position.isdigit():
             raise InvalidArgument("page_token", "is not a token this service returned")
-        after = int(page_token)
+        after = int(position)
     async with db.connection() as conn:
         rows = await journal.list_audit(
             conn,
@@ -41,7 +44,7 @@ async def list_events(
             limit=size + 1,
         )
     if len(rows) > size:
-        return rows[:size], str(rows[size - 1]["sequence"])
+        return rows[:size], validation.page_token(str(rows[size - 1]["sequence"]), filters)
     return rows, ""
 
 

@@ -303,7 +303,8 @@ async def list_refunds(db: Database, query: ListRefunds) -> tuple[list[asyncpg.R
     size = validation.page_size(query.page_size)
     validation.identifier(query.payment_id, "payment_id", required=False)
     validation.identifier(query.customer_id, "customer_id", required=False)
-    after = validation.keyset_after(query.page_token)
+    filters = (query.status, query.payment_id, query.customer_id, query.start, query.end)
+    after = validation.keyset_after(query.page_token, filters)
     async with db.connection() as conn:
         rows = await refunds.list_views(
             conn,
@@ -317,5 +318,5 @@ async def list_refunds(db: Database, query: ListRefunds) -> tuple[list[asyncpg.R
         )
     if len(rows) > size:
         last = rows[size - 1]
-        return rows[:size], validation.keyset_token(last["created_at"], last["refund_id"])
+        return rows[:size], validation.keyset_token(last["created_at"], last["refund_id"], filters)
     return rows, ""

@@ -526,7 +526,8 @@ async def list_plans(db: Database, query: ListPlans) -> tuple[list[asyncpg.Recor
     size = validation.page_size(query.page_size)
     for name in ("customer_id", "subscription_id", "payment_id"):
         validation.identifier(getattr(query, name), name, required=False)
-    after = validation.keyset_after(query.page_token)
+    filters = (query.status, query.customer_id, query.subscription_id, query.payment_id)
+    after = validation.keyset_after(query.page_token, filters)
     async with db.connection() as conn:
         rows = await retries.list_views(
             conn,
@@ -540,7 +541,7 @@ async def list_plans(db: Database, query: ListPlans) -> tuple[list[asyncpg.Recor
     if len(rows) <= size:
         return rows, ""
     last = rows[size - 1]
-    return rows[:size], validation.keyset_token(last["created_at"], last["plan_id"])
+    return rows[:size], validation.keyset_token(last["created_at"], last["plan_id"], filters)
 
 
 async def _locked_plan(conn: Connection, plan_id: uuid.UUID) -> asyncpg.Record:

@@ -166,6 +166,11 @@ async def test_paging_walks_every_event_once(client: Client) -> None:
     )
     assert [e.action for e in first.audit_events] == ["refund.created", "refund.approved"]
     assert [e.action for e in second.audit_events] == ["refund.processing", "refund.succeeded"]
+    # That token continues only the listing of refunds: elsewhere it would skip events.
+    with pytest.raises(grpc.aio.AioRpcError) as other:
+        await list_audit(client, entity_type="payment", page_token=first.next_page_token)
+    assert other.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "other filters" in (other.value.details() or "")
 
 
 async def test_bad_page_token_and_page_size_are_invalid_argument(client: Client) -> None:

@@ -115,6 +115,20 @@ async def test_list_refunds_pages_through_every_refund_once(client: Client) -> N
         if not token:
             break
     assert seen == created  # oldest first, each once
+    # The token of this listing does not continue another one (it would skip rows).
+    first = await client.call(
+        "t-reader",
+        "ListRefunds",
+        pb.ListRefundsRequest(payment_id=payment.payment_id, page_size=2),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as other:
+        await client.call(
+            "t-reader",
+            "ListRefunds",
+            pb.ListRefundsRequest(customer_id="cus_other", page_token=first.next_page_token),
+        )
+    assert other.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "other filters" in (other.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as bad:
         await client.call(
             "t-reader", "ListRefunds", pb.ListRefundsRequest(page_token="not-a-token")

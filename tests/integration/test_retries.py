@@ -486,3 +486,22 @@ async def test_list_retry_plans_pages_and_filters(client: Client) -> None:
         if not token:
             break
     assert seen == ids
+
+
+async def test_a_page_token_continues_only_the_listing_it_came_from(client: Client) -> None:
+    """A token names a place in one listing: with other filters it would skip rows without a
+    word, so it is refused; the page size may change from page to page."""
+    ids = [(await record(client, failure(card=f"pm_tok_{i}"))).plan.plan_id for i in range(3)]
+
+    async def page(token: str = "", size: int = 1, **filters: Any) -> Any:
+        request = pb.ListRetryPlansRequest(page_size=size, page_token=token, **filters)
+        return await client.call("t-reader", "ListRetryPlans", request)
+
+    first = await page(status=PS.RETRY_PLAN_STATUS_ACTIVE)
+    rest = await page(first.next_page_token, size=5, status=PS.RETRY_PLAN_STATUS_ACTIVE)
+    assert [p.plan_id for p in [*first.plans, *rest.plans]] == ids
+    for other in ({}, {"status": PS.RETRY_PLAN_STATUS_EXHAUSTED}, {"customer_id": "cus_other"}):
+        error = await rpc_error(page(first.next_page_token, **other))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "page_token" in (error.details() or "")
+        assert "other filters" in (error.details() or "")
