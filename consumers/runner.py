@@ -50,7 +50,7 @@ from consumers.codec import Envelope, decode
 from consumers.handlers import SPECS, Context, EventSpec, Handled
 from repository import inbox
 from repository.database import Database
-from service import correlation
+from service import broker, correlation
 from service.config import Config
 from service.errors import ServiceError
 from service.metrics import Metrics
@@ -187,7 +187,7 @@ class Consumers:
                     log.log(
                         logging.DEBUG if unreachable else logging.WARNING,
                         "cannot consume from RabbitMQ (%s); trying again in %.0f s",
-                        exc,
+                        broker.connection_failure(exc, self.config.rabbitmq_url),
                         delay,
                         extra={"action": "consumer.setup_failed", "error": type(exc).__name__},
                     )

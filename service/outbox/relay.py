@@ -39,6 +39,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from refundretry.v1 import events_pb2
 from repository import outbox
 from repository.database import Connection
+from service import broker
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +208,9 @@ class Relay:
                 failures += 1
                 log.log(
                     logging.WARNING if failures == 1 else logging.DEBUG,
-                    "outbox relay cannot reach RabbitMQ (%s: %s): events wait in the outbox, "
+                    "outbox relay cannot reach RabbitMQ (%s): events wait in the outbox, "
                     "none is lost; retrying in the background (next in %.1f s)",
-                    type(exc).__name__,
-                    exc,
+                    broker.connection_failure(exc, self._amqp_url),
                     backoff,
                     extra={"action": "relay.broker_down", "failures": failures},
                 )

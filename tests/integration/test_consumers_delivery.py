@@ -31,6 +31,7 @@ from tests.integration import event_builders as e
 from tests.integration.conftest import Client
 from tests.integration.conftest_rabbitmq import (  # noqa: F401
     Broker,
+    amqp_url,
     broker,
     broker_restart,
     rabbitmq_vhost,
@@ -387,3 +388,32 @@ async def test_a_broker_down_at_start_up_holds_up_nothing(
         assert not service.consumers.ready.is_set()
     finally:
         await service.stop()
+
+
+async def test_a_virtual_host_the_broker_refuses_is_named_in_the_logs(
+    database_url: str, rabbitmq_vhost: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A URL naming a virtual host the broker does not have (a typo, a vhost not created yet)
+    says so, for the consumers and for the relay, instead of a protocol frame's repr."""
+    missing = f"{rabbitmq_vhost}-missing"  # this run's prefix; never created
+    caplog.set_level(logging.WARNING)
+    settings = {
+        "REFUND_RETRY_CONSUMERS": "true",
+        "REFUND_RETRY_RELAY": "true",
+        "REFUND_RETRY_RABBITMQ_URL": amqp_url(missing),
+    }
+    service = await start(conftest.test_config(database_url, **settings), run_billing_loop=False)
+    try:
+        deadline = time.monotonic() + 30
+        wanted = {"consumer.setup_failed", "relay.broker_down"}
+        while not wanted <= {getattr(r, "action", "") for r in caplog.records}:
+            assert time.monotonic() < deadline, "the consumers or the relay never said why"
+            await asyncio.sleep(0.05)
+    finally:
+        await service.stop()
+    said = [r.getMessage() for r in caplog.records if getattr(r, "action", "") in wanted]
+    for action in wanted:
+        line = next(r.getMessage() for r in caplog.records if getattr(r, "action", "") == action)
+        assert f"RabbitMQ refused the virtual host '{missing}'" in line, said
+        assert "user 'guest'" in line
+        assert "object at 0x" not in line
