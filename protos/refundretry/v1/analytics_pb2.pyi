@@ -36,7 +36,7 @@ class _MetricsGroupByEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Metric
     "YYYY-MM-DD".
     """
     METRICS_GROUP_BY_GATEWAY: _MetricsGroupBy.ValueType  # 2
-    """Key: the gateway ("sandbox", "stripe", ...) of the failed payment or refunded payment."""
+    """Key: the gateway ("sandbox", "stripe", "adyen") of the failed payment or refunded payment."""
     METRICS_GROUP_BY_DECLINE_CLASS: _MetricsGroupBy.ValueType  # 3
     """Key: the decline class (HARD, SOFT, CUSTOMER_ACTION, ...; "" when none was recorded).
     Refunds have no decline class: their figures are only in `total`.
@@ -54,7 +54,7 @@ METRICS_GROUP_BY_DAY: MetricsGroupBy.ValueType  # 1
 "YYYY-MM-DD".
 """
 METRICS_GROUP_BY_GATEWAY: MetricsGroupBy.ValueType  # 2
-"""Key: the gateway ("sandbox", "stripe", ...) of the failed payment or refunded payment."""
+"""Key: the gateway ("sandbox", "stripe", "adyen") of the failed payment or refunded payment."""
 METRICS_GROUP_BY_DECLINE_CLASS: MetricsGroupBy.ValueType  # 3
 """Key: the decline class (HARD, SOFT, CUSTOMER_ACTION, ...; "" when none was recorded).
 Refunds have no decline class: their figures are only in `total`.

@@ -124,7 +124,7 @@ class PaymentFailed(_message.Message):
     subscription_id: _builtins.str
     """The subscription the payment was for (optional)."""
     gateway: _builtins.str
-    """Gateway that declined the charge: "sandbox" or "stripe"."""
+    """Gateway that declined the charge: "sandbox", "stripe" or "adyen"."""
     time_zone: _builtins.str
     """IANA time zone of the customer, e.g. "Europe/Berlin"; "UTC" when empty."""
     retry_schedule_code: _builtins.str

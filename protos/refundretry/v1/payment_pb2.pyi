@@ -128,7 +128,7 @@ class Payment(_message.Message):
     payment_id: _builtins.str
     """Caller-chosen identifier of the payment, e.g. "pay_123"."""
     gateway: _builtins.str
-    """Gateway that captured the payment: "sandbox" or "stripe"."""
+    """Gateway that captured the payment: "sandbox", "stripe" or "adyen"."""
     gateway_transaction_id: _builtins.str
     """The gateway's reference (Stripe PaymentIntent "pi_..." or charge "ch_...")."""
     customer_id: _builtins.str

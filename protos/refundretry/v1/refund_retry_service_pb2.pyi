@@ -1149,7 +1149,7 @@ class RecordPaymentFailureRequest(_message.Message):
     customer_id: _builtins.str
     subscription_id: _builtins.str
     gateway: _builtins.str
-    """"sandbox" or "stripe"."""
+    """"sandbox", "stripe" or "adyen"."""
     time_zone: _builtins.str
     """IANA time zone of the customer; "UTC" when empty."""
     retry_schedule_code: _builtins.str
