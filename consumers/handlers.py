@@ -23,7 +23,13 @@ from repository.database import Database
 from service import cancellations, changes, messages, payments, retries
 from service.auth import Principal, Role
 from service.domain.proration import CancellationPolicy
-from service.errors import AlreadyExists, InvalidArgument, NotFound, RequestIdReused
+from service.errors import (
+    AlreadyExists,
+    AlreadyPaid,
+    InvalidArgument,
+    NotFound,
+    RequestIdReused,
+)
 
 PAYMENT_FAILED = "payment.failed"
 PAYMENT_SUCCEEDED = "payment.succeeded"
@@ -72,13 +78,18 @@ def request_id_of(event_type: str, event_id: str) -> str:
 async def payment_failed(
     context: Context, db: Database, event_id: str, event: ev.PaymentFailed
 ) -> Handled:
-    """Start or advance the payment's retry plan, as RecordPaymentFailure does."""
-    row = await retries.record_payment_failure(
-        db,
-        SPECS[PAYMENT_FAILED].principal,
-        messages.record_failure(request_id_of(PAYMENT_FAILED, event_id), event),
-        context=context.retry_context,
-    )
+    """Start or advance the payment's retry plan, as RecordPaymentFailure does. A failure of a
+    payment paid already (its payment.succeeded came first: the queues are independent) starts
+    nothing, and is acknowledged."""
+    try:
+        row = await retries.record_payment_failure(
+            db,
+            SPECS[PAYMENT_FAILED].principal,
+            messages.record_failure(request_id_of(PAYMENT_FAILED, event_id), event),
+            context=context.retry_context,
+        )
+    except AlreadyPaid as exc:
+        return Handled(False, exc.message, {"payment_id": event.payment_id})
     return Handled(
         True,
         f"retry plan {row['plan_id']} is {row['status']}",

@@ -66,6 +66,15 @@ async def insert(
     )
 
 
+async def lock_settling(conn: Connection, payment_id: str, billing_event_id: str) -> None:
+    """Wait for any other transaction settling this payment or billing event, or starting
+    its retries, to end; hold them off until this one ends (see the query)."""
+    keys = [f"settle-payment:{payment_id}"]
+    if billing_event_id:
+        keys.append(f"settle-billing-event:{billing_event_id}")
+    await conn.fetchval(Q["lock_settling"], keys)
+
+
 async def get(conn: Connection, payment_id: str, *, lock: bool = False) -> asyncpg.Record | None:
     return await conn.fetchrow(Q["lock_payment" if lock else "get_payment"], payment_id)
 

@@ -232,6 +232,12 @@ async def open_plans_for(
     return await conn.fetch(Q["open_plans_for_billing_event"], payment_id, billing_event_id)
 
 
+async def paid_already(conn: Connection, payment_id: str, billing_event_id: str) -> str | None:
+    """How the payment (or its billing event) was paid already, in words; None if it was not."""
+    how = await conn.fetchval(Q["paid_already"], payment_id, billing_event_id)
+    return None if how is None else str(how)
+
+
 async def claim_due(
     conn: Connection,
     *,

@@ -41,6 +41,11 @@ class FailedPrecondition(ServiceError):
     """The resource is not in a state that allows this call."""
 
 
+class AlreadyPaid(FailedPrecondition):
+    """A failure reported for a payment that was paid already: no retry plan is started (it
+    would charge the customer a second time)."""
+
+
 class IllegalTransition(FailedPrecondition):
     """The requested state transition is not allowed."""
 

@@ -116,6 +116,8 @@ async def record_payment(
         )
         if first is not None:
             return await load(conn, first)
+        # A failure of this payment being recorded at the same time waits, then sees it paid.
+        await payments.lock_settling(conn, cmd.payment_id, cmd.billing_event_id)
         try:
             await payments.insert(
                 conn,

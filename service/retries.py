@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from refundretry.v1 import events_pb2, retry_plan_pb2
-from repository import retries, settings
+from repository import payments, retries, settings
 from repository.database import Connection, Database
 from repository.settings import schedule_from_row
 from service import changes, convert, dunning, validation
@@ -43,7 +43,7 @@ from service.domain.retry_plan import (
 )
 from service.domain.retry_schedule import DEFAULT_PAYMENT_SCHEDULE, RetrySchedule, validate_code
 from service.domain.retry_timing import Rate, SuccessStats, buckets, validate_time_zone
-from service.errors import FailedPrecondition, InvalidArgument, NotFound
+from service.errors import AlreadyPaid, FailedPrecondition, InvalidArgument, NotFound
 from service.gateways.base import GATEWAYS
 
 # Network rules look back at most this far (Visa's rolling 30 days, with a margin).
@@ -420,8 +420,20 @@ async def record_payment_failure(
             return await view(conn, uuid.UUID(first))
         if await settings.get_schedule(conn, cmd.schedule_code) is None:
             raise InvalidArgument("retry_schedule_code", f"no schedule {cmd.schedule_code!r}")
+        # A payment of it being recorded at the same time ends first (and recovers an open
+        # plan), or waits for this failure's plan to commit and then recovers it.
+        await payments.lock_settling(conn, cmd.payment_id, cmd.billing_event_id)
         plan = await retries.open_plan_for_payment(conn, cmd.payment_id)
         if plan is None:
+            # A payment.failed handled after the payment.succeeded that settled it (the two
+            # queues are consumed independently), or a late duplicate: retrying would charge
+            # the customer twice.
+            paid = await retries.paid_already(conn, cmd.payment_id, cmd.billing_event_id)
+            if paid is not None:
+                raise AlreadyPaid(
+                    f"payment {cmd.payment_id!r} is paid already ({paid}): a failure reported "
+                    "after that starts no retries"
+                )
             await retries.insert_plan(
                 conn,
                 plan_id=new_plan_id,

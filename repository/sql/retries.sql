@@ -100,6 +100,20 @@ SELECT * FROM retry_plan
    AND (payment_id = $1 OR ($2 <> '' AND billing_event_id = $2))
    FOR UPDATE;
 
+-- name: paid_already
+-- How the failed payment $1 (billing event $2, '' for none) was paid already, if it was: a
+-- payment recorded with that id or billing event, or a plan of it recovered by a retry.
+(SELECT 'payment ' || payment_id || ' was recorded as captured at ' || captured_at AS how
+   FROM payment
+  WHERE payment_id = $1 OR ($2 <> '' AND billing_event_id = $2)
+  ORDER BY captured_at LIMIT 1)
+UNION ALL
+(SELECT 'retry plan ' || plan_id || ' recovered it at ' || updated_at
+   FROM retry_plan
+  WHERE status = 'RECOVERED' AND (payment_id = $1 OR ($2 <> '' AND billing_event_id = $2))
+  ORDER BY updated_at LIMIT 1)
+LIMIT 1;
+
 -- name: claim_due
 -- The plans a chunk of the billing job attempts, claimed by the chunk's open transaction: up
 -- to $2 plans due by $1 whose gateway is one of $3, but none of $4 (those the job's run took

@@ -166,6 +166,25 @@ async def test_payment_succeeded_of_a_payment_recorded_by_rpc_is_ignored(
     assert (await b.get_payment(client, payment.payment_id)).captured_amount == b.usd(10000)
 
 
+async def test_a_failure_handled_after_the_payment_that_settled_it_starts_no_retries(
+    live: Service, broker: Broker, client: Client
+) -> None:
+    """The queues are consumed independently: the customer's payment of the invoice can be
+    handled before the failure that came first. Retrying then would charge them twice."""
+    paid = e.payment_succeeded(billing_event_id="be_late")
+    await broker.publish("payment.succeeded", paid)
+    await e.handled(live, "payment.succeeded", paid.event_id)
+
+    late = e.payment_failed(billing_event_id="be_late")  # the failed charge of that invoice
+    await broker.publish("payment.failed", late)
+    row = await e.handled(live, "payment.failed", late.event_id)
+
+    assert row["outcome"] == "IGNORED"  # acknowledged, not dead-lettered
+    assert "paid already" in row["note"]
+    assert paid.payment.payment_id in row["note"]
+    assert await plans_of(client, late.payment_id) == []
+
+
 # -- subscription.cancelled ---------------------------------------------------------------------
 
 

@@ -65,6 +65,7 @@ async def test_migrate_applies_every_migration_once(empty_database: str) -> None
         (8, "audit_batch"),
         (9, "outbox_retention"),
         (10, "plan_wallet"),
+        (11, "paid_payments"),
     ]
     assert [(v, n) for v, n, _ in migrations()] == rows
 

@@ -4,6 +4,7 @@ networks' rules as a guard, execution by the billing job, recovery, and bad inpu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -290,6 +291,65 @@ async def test_retry_now_cannot_exceed_the_visa_reattempt_limit(
     assert plan.attempt_count == 16  # the failure and 15 reattempts
     # the schedule cannot get past the rule either: the next attempt waits out the window
     assert plan.next_attempt_time.ToDatetime(tzinfo=UTC) > datetime.now(UTC) + timedelta(days=29)
+
+
+# -- a payment paid already is never retried ---------------------------------------------------
+
+
+async def plans_for(client: Client, payment_id: str) -> list[Any]:
+    listed = await client.call(
+        "t-reader", "ListRetryPlans", pb.ListRetryPlansRequest(payment_id=payment_id)
+    )
+    return list(listed.plans)
+
+
+async def test_a_failure_of_a_payment_recorded_as_paid_starts_no_plan(client: Client) -> None:
+    payment = await b.record_payment(client, billing_event_id="be_paid")
+    for request in (
+        failure(payment_id=payment.payment_id),  # the same payment
+        failure(billing_event_id="be_paid"),  # another charge of the same invoice
+    ):
+        error = await rpc_error(client.call("t-billing", "RecordPaymentFailure", request))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "paid already" in (error.details() or "")
+        assert f"payment {payment.payment_id} was recorded as captured" in (error.details() or "")
+        assert await plans_for(client, request.payment_id) == []  # nothing written
+
+
+async def test_a_failure_of_a_payment_a_retry_recovered_starts_no_plan(client: Client) -> None:
+    first = await record(client, failure(outcome="succeed"))
+    plan_id = first.plan.plan_id
+    await client.call(
+        "t-ops", "RetryNow", pb.RetryNowRequest(request_id=b.request_id(), plan_id=plan_id)
+    )
+    assert (await plan_of(client, plan_id)).status == PS.RETRY_PLAN_STATUS_RECOVERED
+    # A late copy of the failure (another event id, so another request id).
+    error = await rpc_error(record(client, failure(payment_id=first.plan.payment_id)))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"retry plan {plan_id} recovered it" in (error.details() or "")
+    assert [p.plan_id for p in await plans_for(client, first.plan.payment_id)] == [plan_id]
+
+
+async def test_a_payment_and_its_failure_recorded_at_once_leave_nothing_to_retry(
+    client: Client,
+) -> None:
+    """Whichever commits first, the payment ends every plan of its invoice: either the failure
+    waits and sees it paid, or its plan is committed before the payment recovers it."""
+    invoices = [f"be_race_{i}" for i in range(12)]
+
+    async def pay(invoice: str) -> None:
+        await b.record_payment(client, billing_event_id=invoice)
+
+    async def fail(invoice: str) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError):  # FAILED_PRECONDITION when paid first
+            await record(client, failure(billing_event_id=invoice))
+
+    await asyncio.gather(*(step(i) for i in invoices for step in (pay, fail)))
+    for status in (PS.RETRY_PLAN_STATUS_ACTIVE, PS.RETRY_PLAN_STATUS_PAUSED):
+        listed = await client.call(
+            "t-reader", "ListRetryPlans", pb.ListRetryPlansRequest(status=status)
+        )
+        assert [p.billing_event_id for p in listed.plans] == []
 
 
 # -- pause, resume, cancel, recovery by another payment ---------------------------------------
