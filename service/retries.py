@@ -401,6 +401,31 @@ async def view(conn: Connection, plan_id: uuid.UUID) -> asyncpg.Record:
     return row
 
 
+def _same_payment(plan: asyncpg.Record, cmd: RecordFailure) -> None:
+    """Another failure of a payment with an open plan must describe the same payment: its
+    amount, customer and gateway (the plan charges its customer's methods through its
+    gateway), and its subscription when both name one."""
+
+    def differs(field: str, open_value: str, given: str) -> InvalidArgument:
+        return InvalidArgument(
+            field,
+            f"payment {cmd.payment_id!r} has an open plan for {open_value}, not {given}",
+        )
+
+    if (plan["currency"], plan["amount"]) != (cmd.amount.currency, cmd.amount.minor_units):
+        raise differs("amount", str(Money(plan["currency"], plan["amount"])), str(cmd.amount))
+    if plan["customer_id"] != cmd.customer_id:
+        raise differs("customer_id", f"customer {plan['customer_id']!r}", repr(cmd.customer_id))
+    if plan["gateway"] != cmd.gateway:
+        raise differs("gateway", f"gateway {plan['gateway']!r}", repr(cmd.gateway))
+    if plan["subscription_id"] and cmd.subscription_id not in ("", plan["subscription_id"]):
+        raise differs(
+            "subscription_id",
+            f"subscription {plan['subscription_id']!r}",
+            repr(cmd.subscription_id),
+        )
+
+
 async def record_payment_failure(
     db: Database, principal: Principal, cmd: RecordFailure, *, context: RetryContext
 ) -> asyncpg.Record:
@@ -454,12 +479,8 @@ async def record_payment_failure(
             await dunning.assign_campaign(conn, plan)
             plan = await retries.lock(conn, new_plan_id)
             assert plan is not None
-        elif (plan["currency"], plan["amount"]) != (cmd.amount.currency, cmd.amount.minor_units):
-            raise InvalidArgument(
-                "amount",
-                f"payment {cmd.payment_id!r} has an open plan for "
-                f"{Money(plan['currency'], plan['amount'])}, not {cmd.amount}",
-            )
+        else:
+            _same_payment(plan, cmd)
         plan_id = plan["plan_id"]
         for method in (cmd.method, *cmd.wallet):
             await retries.add_method(conn, plan_id, method.payment_method_id, method.network)

@@ -409,6 +409,44 @@ async def test_a_second_failure_advances_the_open_plan(client: Client) -> None:
     assert [m.payment_method_id for m in second.plan.payment_methods] == ["pm_card_1", "pm_other"]
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("amount", b.usd(2600)),
+        ("amount", b.usd(2500, "EUR")),
+        ("customer_id", "cus_someone_else"),
+        ("gateway", "stripe"),
+        ("subscription_id", "sub_other"),
+    ],
+)
+async def test_a_second_failure_must_describe_the_same_payment(
+    client: Client, db: Database, field: str, value: Any
+) -> None:
+    """A plan charges its customer's methods through its gateway: a failure of the same payment
+    naming another customer, gateway, subscription or amount is refused, and writes nothing."""
+    first = await record(client, failure(payment_id="inv_same"))
+    request = failure(payment_id="inv_same")
+    if isinstance(value, str):
+        setattr(request, field, value)
+    else:
+        getattr(request, field).CopyFrom(value)
+    before = await counts(db)
+    error = await rpc_error(record(client, request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.details() or "").startswith(f"{field}: payment 'inv_same' has an open plan")
+    assert await counts(db) == before
+    assert (await plan_of(client, first.plan.plan_id)).attempt_count == 1
+
+
+async def test_a_second_failure_may_leave_out_the_subscription(client: Client) -> None:
+    first = await record(client, failure(payment_id="inv_same"))
+    request = failure(payment_id="inv_same")
+    request.subscription_id = ""
+    second = await record(client, request)
+    assert second.plan.plan_id == first.plan.plan_id
+    assert second.plan.subscription_id == "sub_9"
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 
