@@ -3,6 +3,7 @@ payment method, and the decision step shared with the billing job."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -45,6 +46,8 @@ from service.domain.retry_schedule import DEFAULT_PAYMENT_SCHEDULE, RetrySchedul
 from service.domain.retry_timing import Rate, SuccessStats, buckets, validate_time_zone
 from service.errors import AlreadyPaid, FailedPrecondition, InvalidArgument, NotFound
 from service.gateways.base import GATEWAYS
+
+log = logging.getLogger(__name__)
 
 # Network rules look back at most this far (Visa's rolling 30 days, with a margin).
 HISTORY_WINDOW = timedelta(days=31)
@@ -745,12 +748,36 @@ async def recover_by_payment(
     recovered = []
     for plan in await retries.open_plans_for(conn, payment_id, billing_event_id):
         plan_id = plan["plan_id"]
+        reason = f"paid by payment {payment_id}"
+        pending = await retries.open_attempt(conn, plan_id)
+        if pending is not None:
+            # Nothing replays an attempt of a settled plan: say what a person must know.
+            number, key = pending["attempt_number"], pending["idempotency_key"]
+            lease = plan["lease_expires_at"]
+            if pending["outcome"] == "OPEN" and lease is not None and lease > datetime.now(UTC):
+                reason += (
+                    f"; attempt {number} was being charged (key {key}): its outcome is "
+                    "recorded when the gateway answers"
+                )
+            else:
+                reason += (
+                    f"; the outcome of attempt {number} is not known (key {key}): check it at "
+                    "the gateway, it may have charged too"
+                )
+            log.warning(
+                "retry plan %s paid by payment %s with attempt %d unresolved (key %s)",
+                plan_id,
+                payment_id,
+                number,
+                key,
+                extra={"action": "retry.paid_with_attempt_unresolved", "plan_id": str(plan_id)},
+            )
         moved = await retries.set_status(
             conn,
             plan_id,
             PlanStatus.RECOVERED,
             sorted(plan_sources_of(PlanStatus.RECOVERED)),
-            f"paid by payment {payment_id}",
+            reason,
         )
         if not moved:
             continue

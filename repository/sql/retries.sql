@@ -243,7 +243,10 @@ SELECT p.plan_id,
 -- visible to the next check: of two workers charging plans on one card, the second sees the
 -- first's attempt in flight and waits for its outcome. (A chunk holds one lock per card, and
 -- a worker opens one chunk at a time: workers x chunk size stay below PostgreSQL's shared
--- lock table, max_locks_per_transaction x max_connections.)
+-- lock table, max_locks_per_transaction x max_connections.) An unresolved attempt of a plan
+-- that is settled (RECOVERED by a payment, or ended otherwise) keeps no card busy: nothing
+-- replays it any more (the plan is never due again), and waiting for it would hold every other
+-- plan on the card forever. Its outcome is named in the plan's status reason for a person.
 WITH wanted AS (
     SELECT * FROM unnest($1::text[], $2::uuid[]) AS w(card, plan_id)
 ), locked AS MATERIALIZED (
@@ -252,9 +255,9 @@ WITH wanted AS (
 )
 SELECT w.plan_id FROM wanted w
  WHERE (SELECT count(*) FROM locked) >= 0  -- every lock taken before the first check
-   AND EXISTS (SELECT 1 FROM payment_attempt a
+   AND EXISTS (SELECT 1 FROM payment_attempt a JOIN retry_plan p ON p.plan_id = a.plan_id
                 WHERE a.payment_method_id = w.card AND a.outcome IN ('OPEN', 'UNKNOWN')
-                  AND a.plan_id <> w.plan_id);
+                  AND a.plan_id <> w.plan_id AND p.status IN ('ACTIVE', 'PAUSED'));
 
 -- name: open_attempts
 -- The OPEN attempts of a chunk ($1-$13, one element per attempt), and the leases of the plans
@@ -299,6 +302,25 @@ UPDATE payment_attempt a
        AS u(attempt_id, outcome, decline_code, visa_response_code, mc_advice_code,
             decline_class, gateway_charge_id, message)
  WHERE a.attempt_id = u.attempt_id
+RETURNING a.attempt_id;
+
+-- name: finish_settled_attempts
+-- The outcomes of a chunk's attempts whose plan was settled while they were being charged
+-- (a payment recorded for it cleared its lease): written only while the attempt is still OPEN
+-- and its plan is no longer ACTIVE or PAUSED, so no other worker replays it. Returns the
+-- attempts written, with their plans.
+UPDATE payment_attempt a
+   SET outcome = u.outcome, decline_code = u.decline_code,
+       visa_response_code = u.visa_response_code, mc_advice_code = u.mc_advice_code,
+       decline_class = u.decline_class, gateway_charge_id = u.gateway_charge_id,
+       message = u.message
+  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+              $7::text[], $8::text[])
+       AS u(attempt_id, outcome, decline_code, visa_response_code, mc_advice_code,
+            decline_class, gateway_charge_id, message),
+       retry_plan p
+ WHERE a.attempt_id = u.attempt_id AND a.outcome = 'OPEN'
+   AND p.plan_id = a.plan_id AND p.status NOT IN ('ACTIVE', 'PAUSED')
 RETURNING a.attempt_id;
 
 -- name: insert_decisions

@@ -112,6 +112,9 @@ class RetrySummary:
     not_attempted: int = 0  # the gateway could not be reached: tried again shortly
     card_busy: int = 0  # another plan's attempt on the card is in flight: due again next run
     lease_lost: int = 0
+    # The plan was settled (a payment recorded for it) while its attempt was being charged:
+    # the outcome is recorded; a success means the customer paid twice (logged as an error).
+    paid_meanwhile: int = 0
     errors: int = 0
     dunning_steps: int = 0
     # Not an outcome: plans whose lease was renewed while their chunk charged, each time it
@@ -681,7 +684,7 @@ class RetryJob:
                 for r in await plans.leased_plans(conn, [a.plan_id for a in opened], self.worker_id)
             }
             mine = [a for a in opened if a.plan_id in locked]
-            lost = ["lease_lost"] * (len(opened) - len(mine))
+            lost = await _settled_meanwhile(conn, [a for a in opened if a.plan_id not in locked])
             if not mine:
                 return lost
             for attempt in mine:
@@ -916,6 +919,49 @@ def _wallet(plan: asyncpg.Record) -> tuple[Method, ...]:
 
 def _wallet_rows(wallet: tuple[Method, ...]) -> list[dict[str, str]]:
     return [{"payment_method_id": m.payment_method_id, "network": m.network.value} for m in wallet]
+
+
+async def _settled_meanwhile(conn: Connection, lost: list[_Attempt]) -> list[str]:
+    """The attempts of a chunk whose plan this worker no longer holds: ``lease_lost``, except
+    those whose plan was settled while they were charged (a payment recorded for it ends its
+    lease, and nothing will replay them). Their outcome is recorded all the same, with its
+    event, for what the gateway did is a fact: a success means the customer paid twice."""
+    charged = [a for a in lost if a.outcome is not None]
+    if not charged:
+        return ["lease_lost"] * len(lost)
+    finished = {a.attempt_id: _finished(a) for a in charged}
+    written = await plans.finish_settled_attempts(conn, list(finished.values()))
+    for attempt in (a for a in charged if a.attempt_id in written):
+        row = await plans.view(conn, attempt.plan_id)
+        assert row is not None
+        done = finished[attempt.attempt_id]
+        await _attempted(
+            conn,
+            convert.retry_plan_state(row, row["methods"]),
+            attempt,
+            done,
+            will_retry=False,
+            next_at=None,
+        )
+        twice = done.outcome == "SUCCEEDED"
+        log.log(
+            logging.ERROR if twice else logging.WARNING,
+            "retry plan %s became %s while attempt %d was being charged (%s); the attempt %s",
+            attempt.plan_id,
+            row["status"],
+            attempt.request.attempt,
+            row["status_reason"],
+            f"succeeded too (charge {done.gateway_charge_id}): the customer paid twice, refund one"
+            if twice
+            else f"ended {done.outcome}",
+            extra={
+                "action": "retry_job.settled_meanwhile",
+                "plan_id": str(attempt.plan_id),
+                "outcome": done.outcome,
+                "idempotency_key": attempt.request.idempotency_key,
+            },
+        )
+    return ["paid_meanwhile" if a.attempt_id in written else "lease_lost" for a in lost]
 
 
 async def _attempted(

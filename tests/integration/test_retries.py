@@ -352,6 +352,52 @@ async def test_a_payment_and_its_failure_recorded_at_once_leave_nothing_to_retry
         assert [p.billing_event_id for p in listed.plans] == []
 
 
+async def test_a_plan_paid_while_its_attempt_is_charged_records_that_attempt(
+    client: Client, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The customer pays the invoice while the billing job is charging the retry: the payment
+    ends the plan (and its lease), and the job still records what the gateway did. Here both
+    succeeded: the customer paid twice, which the job says as an error for a person."""
+    plan = (await record(client, failure(outcome="succeed"))).plan
+
+    async def pay_meanwhile(request: ChargeRequest, outcome: ChargeOutcome) -> None:
+        await b.record_payment(client, payment_id=plan.payment_id)
+
+    context = client.service.billing_job.retry_job.context  # type: ignore[union-attr]
+    job = RetryJob(db, {"sandbox": SandboxGateway()}, context, after_charge=pay_meanwhile)
+    summary = await job.run(due_by=datetime.now(UTC) + timedelta(minutes=2))
+
+    assert (summary.paid_meanwhile, summary.lease_lost, summary.recovered) == (1, 0, 0)
+    done = await plan_of(client, plan.plan_id)
+    assert done.status == PS.RETRY_PLAN_STATUS_RECOVERED
+    assert done.status_reason.startswith(f"paid by payment {plan.payment_id}; attempt 2 was")
+    assert done.attempts[-1].outcome == AO.ATTEMPT_OUTCOME_SUCCEEDED  # not left OPEN
+    assert done.attempts[-1].gateway_charge_id
+    errors = [
+        r for r in caplog.records if getattr(r, "action", "") == "retry_job.settled_meanwhile"
+    ]
+    assert [r.levelname for r in errors] == ["ERROR"]
+    assert "paid twice" in errors[0].getMessage()
+
+
+async def test_an_unresolved_attempt_of_a_paid_plan_holds_no_card(client: Client) -> None:
+    """A plan paid another way while its attempt's outcome is unknown is never due again, so
+    nothing replays that attempt: its reason says so for a person, and the card's other plans
+    are charged instead of waiting for it forever."""
+    first = (await record(client, failure(outcome="timeout", card="pm_shared"))).plan
+    assert (await run_retries(client, ahead=timedelta(minutes=2))).outcomes_unknown == 1
+    await b.record_payment(client, payment_id=first.payment_id)
+    paid = await plan_of(client, first.plan_id)
+    assert paid.status == PS.RETRY_PLAN_STATUS_RECOVERED
+    assert "the outcome of attempt 2 is not known" in paid.status_reason
+    assert f"retry-{first.plan_id}-attempt-2" in paid.status_reason
+
+    other = (await record(client, failure(outcome="succeed", card="pm_shared"))).plan
+    summary = await run_retries(client, ahead=timedelta(minutes=2))
+    assert (summary.card_busy, summary.recovered) == (0, 1)
+    assert (await plan_of(client, other.plan_id)).status == PS.RETRY_PLAN_STATUS_RECOVERED
+
+
 # -- pause, resume, cancel, recovery by another payment ---------------------------------------
 
 
