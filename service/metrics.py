@@ -73,7 +73,7 @@ RETRY_OUTCOMES = {
     "not_attempted": "not_attempted",
     "card_busy": "card_busy",
     "lease_lost": "lease_lost",
-    "paid_meanwhile": "paid_meanwhile",
+    "settled_meanwhile": "settled_meanwhile",
     "errors": "error",
 }
 

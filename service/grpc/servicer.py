@@ -267,7 +267,7 @@ def billing_job_summary(summary: JobSummary) -> pb.BillingJobSummary:
             errors=retries.errors,
             dunning_steps=retries.dunning_steps,
             leases_renewed=retries.leases_renewed,
-            paid_meanwhile=retries.paid_meanwhile,
+            settled_meanwhile=retries.settled_meanwhile,
         ),
     )
 

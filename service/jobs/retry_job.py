@@ -112,9 +112,10 @@ class RetrySummary:
     not_attempted: int = 0  # the gateway could not be reached: tried again shortly
     card_busy: int = 0  # another plan's attempt on the card is in flight: due again next run
     lease_lost: int = 0
-    # The plan was settled (a payment recorded for it) while its attempt was being charged:
-    # the outcome is recorded; a success means the customer paid twice (logged as an error).
-    paid_meanwhile: int = 0
+    # The plan ended (a payment recorded for it, or a failure reported meanwhile exhausted it)
+    # while its attempt was being charged: the outcome is recorded; a success after a payment
+    # means the customer paid twice (logged as an error).
+    settled_meanwhile: int = 0
     errors: int = 0
     dunning_steps: int = 0
     # Not an outcome: plans whose lease was renewed while their chunk charged, each time it
@@ -923,9 +924,10 @@ def _wallet_rows(wallet: tuple[Method, ...]) -> list[dict[str, str]]:
 
 async def _settled_meanwhile(conn: Connection, lost: list[_Attempt]) -> list[str]:
     """The attempts of a chunk whose plan this worker no longer holds: ``lease_lost``, except
-    those whose plan was settled while they were charged (a payment recorded for it ends its
-    lease, and nothing will replay them). Their outcome is recorded all the same, with its
-    event, for what the gateway did is a fact: a success means the customer paid twice."""
+    those whose plan ended while they were charged (a payment recorded for it, or a failure
+    reported meanwhile that exhausted it, ends its lease, and nothing will replay them). Their
+    outcome is recorded all the same, with its event, for what the gateway did is a fact: a
+    success after a payment means the customer paid twice."""
     charged = [a for a in lost if a.outcome is not None]
     if not charged:
         return ["lease_lost"] * len(lost)
@@ -943,17 +945,27 @@ async def _settled_meanwhile(conn: Connection, lost: list[_Attempt]) -> list[str
             will_retry=False,
             next_at=None,
         )
-        twice = done.outcome == "SUCCEEDED"
+        succeeded = done.outcome == "SUCCEEDED"
+        if succeeded and row["status"] == PlanStatus.RECOVERED:
+            what = (
+                f"succeeded too (charge {done.gateway_charge_id}): the customer paid twice, "
+                "refund one"
+            )
+        elif succeeded:
+            what = (
+                f"succeeded (charge {done.gateway_charge_id}): the payment was collected "
+                f"although the plan is {row['status']}; check what its end did"
+            )
+        else:
+            what = f"ended {done.outcome}"
         log.log(
-            logging.ERROR if twice else logging.WARNING,
+            logging.ERROR if succeeded else logging.WARNING,
             "retry plan %s became %s while attempt %d was being charged (%s); the attempt %s",
             attempt.plan_id,
             row["status"],
             attempt.request.attempt,
             row["status_reason"],
-            f"succeeded too (charge {done.gateway_charge_id}): the customer paid twice, refund one"
-            if twice
-            else f"ended {done.outcome}",
+            what,
             extra={
                 "action": "retry_job.settled_meanwhile",
                 "plan_id": str(attempt.plan_id),
@@ -961,7 +973,7 @@ async def _settled_meanwhile(conn: Connection, lost: list[_Attempt]) -> list[str
                 "idempotency_key": attempt.request.idempotency_key,
             },
         )
-    return ["paid_meanwhile" if a.attempt_id in written else "lease_lost" for a in lost]
+    return ["settled_meanwhile" if a.attempt_id in written else "lease_lost" for a in lost]
 
 
 async def _attempted(

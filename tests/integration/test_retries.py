@@ -367,7 +367,7 @@ async def test_a_plan_paid_while_its_attempt_is_charged_records_that_attempt(
     job = RetryJob(db, {"sandbox": SandboxGateway()}, context, after_charge=pay_meanwhile)
     summary = await job.run(due_by=datetime.now(UTC) + timedelta(minutes=2))
 
-    assert (summary.paid_meanwhile, summary.lease_lost, summary.recovered) == (1, 0, 0)
+    assert (summary.settled_meanwhile, summary.lease_lost, summary.recovered) == (1, 0, 0)
     done = await plan_of(client, plan.plan_id)
     assert done.status == PS.RETRY_PLAN_STATUS_RECOVERED
     assert done.status_reason.startswith(f"paid by payment {plan.payment_id}; attempt 2 was")
@@ -378,6 +378,31 @@ async def test_a_plan_paid_while_its_attempt_is_charged_records_that_attempt(
     ]
     assert [r.levelname for r in errors] == ["ERROR"]
     assert "paid twice" in errors[0].getMessage()
+
+
+async def test_a_plan_exhausted_while_its_attempt_is_charged_records_that_attempt(
+    client: Client, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The billing system reports a hard decline of the same payment while the job charges
+    it: the plan is EXHAUSTED, and the job's success is still recorded, as an error: the
+    money came in although the plan ended."""
+    plan = (await record(client, failure(outcome="succeed"))).plan
+
+    async def fail_meanwhile(request: ChargeRequest, outcome: ChargeOutcome) -> None:
+        await record(client, failure(payment_id=plan.payment_id, code="stolen_card"))
+
+    context = client.service.billing_job.retry_job.context  # type: ignore[union-attr]
+    job = RetryJob(db, {"sandbox": SandboxGateway()}, context, after_charge=fail_meanwhile)
+    summary = await job.run(due_by=datetime.now(UTC) + timedelta(minutes=2))
+
+    assert (summary.settled_meanwhile, summary.lease_lost) == (1, 0)
+    done = await plan_of(client, plan.plan_id)
+    assert done.status == PS.RETRY_PLAN_STATUS_EXHAUSTED
+    charged = {a.attempt_number: a for a in done.attempts}[2]  # 3 is the reported failure
+    assert charged.outcome == AO.ATTEMPT_OUTCOME_SUCCEEDED
+    said = [r for r in caplog.records if getattr(r, "action", "") == "retry_job.settled_meanwhile"]
+    assert [r.levelname for r in said] == ["ERROR"]
+    assert "collected although the plan is EXHAUSTED" in said[0].getMessage()
 
 
 async def test_an_unresolved_attempt_of_a_paid_plan_holds_no_card(client: Client) -> None:

@@ -809,7 +809,7 @@ class PaymentRetrySummary(_message.Message):
     CARD_BUSY_FIELD_NUMBER: _builtins.int
     LEASE_LOST_FIELD_NUMBER: _builtins.int
     LEASES_RENEWED_FIELD_NUMBER: _builtins.int
-    PAID_MEANWHILE_FIELD_NUMBER: _builtins.int
+    SETTLED_MEANWHILE_FIELD_NUMBER: _builtins.int
     plans_claimed: _builtins.int
     recovered: _builtins.int
     rescheduled: _builtins.int
@@ -839,9 +839,10 @@ class PaymentRetrySummary(_message.Message):
     """Not an outcome: how many times a plan's lease was renewed while its chunk was charged.
     Above 0 means the gateway answered slower than a third of the lease for a chunk.
     """
-    paid_meanwhile: _builtins.int
-    """Plans settled (a payment recorded for them) while their attempt was being charged: the
-    attempt's outcome is recorded all the same; a success means the customer paid twice.
+    settled_meanwhile: _builtins.int
+    """Plans that ended while their attempt was being charged (a payment recorded for them, or a
+    failure reported meanwhile that exhausted them): the attempt's outcome is recorded all the
+    same; a success after a payment means the customer paid twice.
     """
     def __init__(
         self,
@@ -859,11 +860,11 @@ class PaymentRetrySummary(_message.Message):
         card_busy: _builtins.int = ...,
         lease_lost: _builtins.int = ...,
         leases_renewed: _builtins.int = ...,
-        paid_meanwhile: _builtins.int = ...,
+        settled_meanwhile: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_by_rules", b"blocked_by_rules", "card_busy", b"card_busy", "dunning_steps", b"dunning_steps", "errors", b"errors", "exhausted", b"exhausted", "lease_lost", b"lease_lost", "leases_renewed", b"leases_renewed", "not_attempted", b"not_attempted", "outcomes_unknown", b"outcomes_unknown", "paid_meanwhile", b"paid_meanwhile", "plans_claimed", b"plans_claimed", "recovered", b"recovered", "rescheduled", b"rescheduled", "waiting_for_customer", b"waiting_for_customer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_by_rules", b"blocked_by_rules", "card_busy", b"card_busy", "dunning_steps", b"dunning_steps", "errors", b"errors", "exhausted", b"exhausted", "lease_lost", b"lease_lost", "leases_renewed", b"leases_renewed", "not_attempted", b"not_attempted", "outcomes_unknown", b"outcomes_unknown", "plans_claimed", b"plans_claimed", "recovered", b"recovered", "rescheduled", b"rescheduled", "settled_meanwhile", b"settled_meanwhile", "waiting_for_customer", b"waiting_for_customer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
