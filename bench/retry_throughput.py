@@ -1439,11 +1439,9 @@ def ceilings(result: dict[str, Any]) -> dict[str, float]:
     and whether the host slowed or the larger tables did it, the higher ceiling cannot
     flatter the job."""
     raws = [p["report"] for p in result.get("phases", []) if is_raw(p)]
-    return {
-        key: max(r[key]["rows_per_second"] for r in raws)
-        for key in ("one_row", "batch_100")
-        if raws
-    }
+    if not raws:
+        return {}
+    return {key: max(r[key]["rows_per_second"] for r in raws) for key in ("one_row", "batch_100")}
 
 
 def ratios(result: dict[str, Any]) -> dict[str, dict[str, float]]:

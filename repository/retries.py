@@ -379,8 +379,12 @@ class FinishedAttempt:
         self.message = self.message[:1000]
 
 
-def _outcome_columns(finished: Sequence[FinishedAttempt]) -> list[list[Any]]:
-    return [
+async def finish_attempts(conn: Connection, finished: Sequence[FinishedAttempt]) -> None:
+    """Record outcomes of OPEN (or UNKNOWN) attempts of plans this transaction locked with
+    ``leased_plans``. An attempt that is not stored raises LookupError (the caller's
+    transaction then writes nothing)."""
+    updated = await conn.fetch(
+        Q["finish_attempts"],
         [f.attempt_id for f in finished],
         [f.outcome for f in finished],
         [f.decline_code for f in finished],
@@ -389,14 +393,7 @@ def _outcome_columns(finished: Sequence[FinishedAttempt]) -> list[list[Any]]:
         [f.decline_class for f in finished],
         [f.gateway_charge_id for f in finished],
         [f.message for f in finished],
-    ]
-
-
-async def finish_attempts(conn: Connection, finished: Sequence[FinishedAttempt]) -> None:
-    """Record outcomes of OPEN (or UNKNOWN) attempts of plans this transaction locked with
-    ``leased_plans``. An attempt that is not stored raises LookupError (the caller's
-    transaction then writes nothing)."""
-    updated = await conn.fetch(Q["finish_attempts"], *_outcome_columns(finished))
+    )
     missing = {f.attempt_id for f in finished} - {r["attempt_id"] for r in updated}
     if missing:
         raise LookupError(f"attempts {sorted(map(str, missing))} are not stored")
@@ -405,10 +402,13 @@ async def finish_attempts(conn: Connection, finished: Sequence[FinishedAttempt])
 async def finish_settled_attempts(
     conn: Connection, finished: Sequence[FinishedAttempt]
 ) -> set[uuid.UUID]:
-    """Record outcomes of attempts whose plan was settled while they were charged (see the
-    query); returns the ids of the attempts written."""
-    rows = await conn.fetch(Q["finish_settled_attempts"], *_outcome_columns(finished))
-    return {r["attempt_id"] for r in rows}
+    """Record outcomes of attempts whose plan ended while they were charged (see
+    ``settled_open_attempts``); returns the ids of the attempts written."""
+    rows = await conn.fetch(Q["settled_open_attempts"], [f.attempt_id for f in finished])
+    settled = {r["attempt_id"] for r in rows}
+    if settled:
+        await finish_attempts(conn, [f for f in finished if f.attempt_id in settled])
+    return settled
 
 
 @dataclass(slots=True)

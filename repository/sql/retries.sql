@@ -304,24 +304,17 @@ UPDATE payment_attempt a
  WHERE a.attempt_id = u.attempt_id
 RETURNING a.attempt_id;
 
--- name: finish_settled_attempts
--- The outcomes of a chunk's attempts whose plan was settled while they were being charged
--- (a payment recorded for it cleared its lease): written only while the attempt is still OPEN
--- and its plan is no longer ACTIVE or PAUSED, so no other worker replays it. Returns the
--- attempts written, with their plans.
-UPDATE payment_attempt a
-   SET outcome = u.outcome, decline_code = u.decline_code,
-       visa_response_code = u.visa_response_code, mc_advice_code = u.mc_advice_code,
-       decline_class = u.decline_class, gateway_charge_id = u.gateway_charge_id,
-       message = u.message
-  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-              $7::text[], $8::text[])
-       AS u(attempt_id, outcome, decline_code, visa_response_code, mc_advice_code,
-            decline_class, gateway_charge_id, message),
-       retry_plan p
- WHERE a.attempt_id = u.attempt_id AND a.outcome = 'OPEN'
-   AND p.plan_id = a.plan_id AND p.status NOT IN ('ACTIVE', 'PAUSED')
-RETURNING a.attempt_id;
+-- name: settled_open_attempts
+-- Of these attempts ($1), those still OPEN whose plan ended while they were being charged (a
+-- payment recorded for it, or a failure that exhausted it, cleared its lease): no other
+-- worker replays them, for an ended plan is never due again (its status is final). Locked, so
+-- finish_attempts then writes their outcomes.
+SELECT a.attempt_id
+  FROM payment_attempt a
+  JOIN retry_plan p ON p.plan_id = a.plan_id
+ WHERE a.attempt_id = ANY($1::uuid[]) AND a.outcome = 'OPEN'
+   AND p.status NOT IN ('ACTIVE', 'PAUSED')
+   FOR UPDATE OF a;
 
 -- name: insert_decisions
 -- At most one decision per plan per call: each gets the plan's next sequence number.
