@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from repository.database import Connection, json_text
+from repository.ids import uuid7
 from repository.queries import Queries
 
 Q = Queries("retries")
@@ -339,7 +340,7 @@ async def open_attempts(
     """Insert OPEN attempts (the outcome columns stay empty until ``finish_attempts``), count
     each on its plan, and lease the plans in ``lease`` (which includes every attempted plan)
     to ``worker``. The new attempts' ids, in order."""
-    ids = [uuid.uuid4() for _ in attempts]
+    ids = [uuid7() for _ in attempts]
     await conn.execute(
         Q["open_attempts"],
         ids,

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from refundretry.v1 import events_pb2
 from repository import journal
 from repository.database import Connection
+from repository.ids import uuid7
 from service import convert, correlation
 from service.errors import InvalidArgument, RequestIdReused
 from service.outbox import subjects
@@ -84,7 +84,7 @@ async def record(
     payload names (``service.outbox.subjects``), for WatchEvents' filters. Inside a unit of
     work both are written right before COMMIT."""
     occurred = convert.ts(datetime.now(UTC))
-    event_id = uuid.uuid4()
+    event_id = uuid7()
     event = events_pb2.Event(
         event_id=str(event_id),
         type=action,
