@@ -29,6 +29,7 @@ from service.errors import (
     InvalidArgument,
     NotFound,
     RequestIdReused,
+    SubscriptionCancelled,
 )
 
 PAYMENT_FAILED = "payment.failed"
@@ -79,8 +80,9 @@ async def payment_failed(
     context: Context, db: Database, event_id: str, event: ev.PaymentFailed
 ) -> Handled:
     """Start or advance the payment's retry plan, as RecordPaymentFailure does. A failure of a
-    payment paid already (its payment.succeeded came first: the queues are independent) starts
-    nothing, and is acknowledged."""
+    payment paid already (its payment.succeeded came first: the queues are independent), or of
+    a cancelled subscription (its subscription.cancelled came first), starts nothing, and is
+    acknowledged."""
     try:
         row = await retries.record_payment_failure(
             db,
@@ -88,7 +90,7 @@ async def payment_failed(
             messages.record_failure(request_id_of(PAYMENT_FAILED, event_id), event),
             context=context.retry_context,
         )
-    except AlreadyPaid as exc:
+    except (AlreadyPaid, SubscriptionCancelled) as exc:
         return Handled(False, exc.message, {"payment_id": event.payment_id})
     return Handled(
         True,
@@ -138,36 +140,47 @@ _POLICIES = {
 async def subscription_cancelled(
     context: Context, db: Database, event_id: str, event: ev.SubscriptionCancelled
 ) -> Handled:
-    """Refund the unused part of the last paid period by the event's policy, through the
-    CreateRefund path (``service.cancellations``)."""
+    """Stop collecting the subscription's unpaid invoices (its open retry plans are canceled,
+    and failures of its payments start none), then refund the unused part of the last paid
+    period by the event's policy, through the CreateRefund path (``service.cancellations``).
+
+    Collection stops in a transaction of its own, without the inbox row: stopping again
+    changes nothing, so a redelivery after a crash before the refund stops nothing twice and
+    still refunds (the refund's transaction carries the inbox row)."""
     policy = _POLICIES.get(event.refund_policy)
     if policy is None:
         raise InvalidArgument("refund_policy", "is required: NONE, PRORATED or FULL")
     cancel_at = messages.optional_time(event, "cancel_time")
     if cancel_at is None:
         raise InvalidArgument("cancel_time", "is required")
+    principal = SPECS[SUBSCRIPTION_CANCELLED].principal
+    cancellation = cancellations.Cancellation(
+        subscription_id=event.subscription_id,
+        cancel_at=cancel_at,
+        policy=policy,
+        customer_id=event.customer_id,
+        payment_id=event.payment_id,
+        reason=event.reason,
+    )
+    stopped = await cancellations.stop_collection(
+        Database(db.pool), principal, cancellation, event_id=event_id
+    )
     try:
-        result = await cancellations.refund_cancellation(
-            db,
-            SPECS[SUBSCRIPTION_CANCELLED].principal,
-            cancellations.Cancellation(
-                subscription_id=event.subscription_id,
-                cancel_at=cancel_at,
-                policy=policy,
-                customer_id=event.customer_id,
-                payment_id=event.payment_id,
-                reason=event.reason,
-            ),
-        )
+        result = await cancellations.refund_cancellation(db, principal, cancellation)
     except NotFound as exc:  # the payment it names: its payment.succeeded may still be queued
         raise RetryLater(exc.message) from exc
     ids = {"subscription_id": event.subscription_id}
     if result.payment_id:
         ids["payment_id"] = result.payment_id
+    note = f"{result.note}; {stopped.note()}"
     if result.refund is None:
-        return Handled(False, result.note, ids)
+        if not stopped.changed:
+            return Handled(False, note, ids)
+        async with db.transaction():  # the inbox row, for what stop_collection changed
+            pass
+        return Handled(True, note, ids)
     ids["refund_id"] = str(result.refund["refund_id"])
-    return Handled(True, result.note, ids)
+    return Handled(True, note, ids)
 
 
 def _system(event_type: str, role: Role) -> Principal:

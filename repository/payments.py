@@ -66,13 +66,25 @@ async def insert(
     )
 
 
-async def lock_settling(conn: Connection, payment_id: str, billing_event_id: str) -> None:
+async def lock_settling(
+    conn: Connection, payment_id: str, billing_event_id: str, subscription_id: str = ""
+) -> None:
     """Wait for any other transaction settling this payment or billing event, or starting
-    its retries, to end; hold them off until this one ends (see the query)."""
+    its retries, to end; hold them off until this one ends (see the query). With
+    ``subscription_id``, also any transaction recording the subscription's cancellation
+    (``lock_subscription``)."""
     keys = [f"settle-payment:{payment_id}"]
     if billing_event_id:
         keys.append(f"settle-billing-event:{billing_event_id}")
+    if subscription_id:
+        keys.append(f"subscription:{subscription_id}")
     await conn.fetchval(Q["lock_settling"], keys)
+
+
+async def lock_subscription(conn: Connection, subscription_id: str) -> None:
+    """Serialize a subscription's cancellation with the failures of its payments that would
+    start retries (``lock_settling`` with the subscription): the later one sees the other."""
+    await conn.fetchval(Q["lock_settling"], [f"subscription:{subscription_id}"])
 
 
 async def get(conn: Connection, payment_id: str, *, lock: bool = False) -> asyncpg.Record | None:

@@ -233,6 +233,30 @@ async def open_plans_for(
     return await conn.fetch(Q["open_plans_for_billing_event"], payment_id, billing_event_id)
 
 
+async def open_plans_for_subscription(
+    conn: Connection, subscription_id: str
+) -> list[asyncpg.Record]:
+    return await conn.fetch(Q["open_plans_for_subscription"], subscription_id)
+
+
+async def record_cancellation(
+    conn: Connection,
+    *,
+    subscription_id: str,
+    customer_id: str,
+    cancelled_at: datetime,
+    event_id: str,
+) -> asyncpg.Record | None:
+    """Keep the subscription's cancellation; None when it was kept before (the first stays)."""
+    return await conn.fetchrow(
+        Q["record_cancellation"], subscription_id, customer_id, cancelled_at, event_id
+    )
+
+
+async def cancellation(conn: Connection, subscription_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(Q["cancellation"], subscription_id)
+
+
 async def paid_already(conn: Connection, payment_id: str, billing_event_id: str) -> str | None:
     """How the payment (or its billing event) was paid already, in words; None if it was not."""
     how = await conn.fetchval(Q["paid_already"], payment_id, billing_event_id)

@@ -1,4 +1,11 @@
-"""Use case: a subscription was cancelled; refund the unused part of its last paid period.
+"""Use case: a subscription was cancelled; stop collecting its unpaid invoices, and refund the
+unused part of its last paid period.
+
+Collection stops first (``stop_collection``): the cancellation is kept, and the subscription's
+open retry plans are CANCELED, as Stripe stops automatic collection of a cancelled
+subscription's invoices by default, "to prevent unexpected payment attempts after the customer
+has canceled". A failure of its payments reported later starts no retries
+(``retries.record_payment_failure``).
 
 The refund goes through ``refunds.create_refund``, the CreateRefund path: the payment row is
 locked and what is left re-checked, the approval policy decides whether it needs approvers, the
@@ -18,9 +25,10 @@ from datetime import datetime
 
 import asyncpg
 
-from repository import payments, subscriptions
+from repository import journal, payments, retries, subscriptions
 from repository.database import Database
 from service import changes, refunds, validation
+from service import retries as retry_plans
 from service.auth import Principal
 from service.domain.money import Money
 from service.domain.proration import CancellationPolicy, PaidItem, cancellation_refund
@@ -60,6 +68,66 @@ def _validate(cmd: Cancellation) -> None:
     validation.identifier(cmd.customer_id, "customer_id", required=False)
     validation.identifier(cmd.payment_id, "payment_id", required=False)
     validation.text(cmd.reason, "reason", 500)
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionStopped:
+    """What ``stop_collection`` did: whether it kept the cancellation now (False: it was kept
+    before), and the retry plans it canceled."""
+
+    recorded: bool
+    plans_canceled: list[str]
+
+    @property
+    def changed(self) -> bool:
+        return self.recorded or bool(self.plans_canceled)
+
+    def note(self) -> str:
+        plans = ", ".join(self.plans_canceled)
+        canceled = f"retry plans canceled: {plans}" if plans else "no open retry plan"
+        if self.recorded:
+            return f"collection stopped ({canceled})"
+        return f"collection was stopped before ({canceled})"
+
+
+async def stop_collection(
+    db: Database, principal: Principal, cmd: Cancellation, *, event_id: str = ""
+) -> CollectionStopped:
+    """Keep the subscription's cancellation (the first one's time stays) and cancel its open
+    retry plans, each with its audit row and ``retry.canceled`` event, in one transaction.
+    Running it again changes nothing more: it is safe to repeat before a refund that failed."""
+    _validate(cmd)
+    async with db.transaction() as conn:
+        await payments.lock_subscription(conn, cmd.subscription_id)
+        recorded = await retries.record_cancellation(
+            conn,
+            subscription_id=cmd.subscription_id,
+            customer_id=cmd.customer_id,
+            cancelled_at=cmd.cancel_at,
+            event_id=event_id,
+        )
+        canceled = await retry_plans.cancel_for_subscription(
+            conn,
+            subscription_id=cmd.subscription_id,
+            customer_id=cmd.customer_id,
+            cancelled_at=cmd.cancel_at,
+            actor=principal.name,
+        )
+        if recorded is not None:
+            # What the service will refuse from now on is a change of its own: audited.
+            await journal.append_audit(
+                conn,
+                actor=principal.name,
+                action="subscription.collection_stopped",
+                entity_type="subscription",
+                entity_id=cmd.subscription_id,
+                data={
+                    "cancel_time": cmd.cancel_at.isoformat(),
+                    "event_id": event_id,
+                    "retry_plans_canceled": [str(p) for p in canceled],
+                },
+            )
+    return CollectionStopped(recorded is not None, [str(p) for p in canceled])
 
 
 def request_id_of(subscription_id: str, payment_id: str) -> str:

@@ -46,6 +46,11 @@ class AlreadyPaid(FailedPrecondition):
     would charge the customer a second time)."""
 
 
+class SubscriptionCancelled(FailedPrecondition):
+    """A failure reported for a payment of a cancelled subscription: no retry plan is started
+    (its invoices are not collected after the cancellation)."""
+
+
 class IllegalTransition(FailedPrecondition):
     """The requested state transition is not allowed."""
 

@@ -44,7 +44,13 @@ from service.domain.retry_plan import (
 )
 from service.domain.retry_schedule import DEFAULT_PAYMENT_SCHEDULE, RetrySchedule, validate_code
 from service.domain.retry_timing import Rate, SuccessStats, buckets, validate_time_zone
-from service.errors import AlreadyPaid, FailedPrecondition, InvalidArgument, NotFound
+from service.errors import (
+    AlreadyPaid,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SubscriptionCancelled,
+)
 from service.gateways.base import GATEWAYS
 
 log = logging.getLogger(__name__)
@@ -450,7 +456,10 @@ async def record_payment_failure(
             raise InvalidArgument("retry_schedule_code", f"no schedule {cmd.schedule_code!r}")
         # A payment of it being recorded at the same time ends first (and recovers an open
         # plan), or waits for this failure's plan to commit and then recovers it.
-        await payments.lock_settling(conn, cmd.payment_id, cmd.billing_event_id)
+        # So does a cancellation of its subscription (which cancels the subscription's plans).
+        await payments.lock_settling(
+            conn, cmd.payment_id, cmd.billing_event_id, cmd.subscription_id
+        )
         plan = await retries.open_plan_for_payment(conn, cmd.payment_id)
         if plan is None:
             # A payment.failed handled after the payment.succeeded that settled it (the two
@@ -462,6 +471,16 @@ async def record_payment_failure(
                     f"payment {cmd.payment_id!r} is paid already ({paid}): a failure reported "
                     "after that starts no retries"
                 )
+            if cmd.subscription_id:
+                cancelled = await retries.cancellation(conn, cmd.subscription_id)
+                if cancelled is not None:
+                    # Its subscription.cancelled came first (the queues are independent):
+                    # a cancelled subscription's invoices are not collected any more.
+                    raise SubscriptionCancelled(
+                        f"subscription {cmd.subscription_id!r} was cancelled (cancel time "
+                        f"{cancelled['cancelled_at'].isoformat()}): the failures of its "
+                        "payments start no retries"
+                    )
             await retries.insert_plan(
                 conn,
                 plan_id=new_plan_id,
@@ -740,6 +759,82 @@ async def add_payment_method(
         return row
 
 
+async def _unresolved_attempt(conn: Connection, plan: asyncpg.Record, ended: str) -> str:
+    """For a plan about to end otherwise than by its own attempt: what a person must know of
+    an attempt still being charged, or of unknown outcome (nothing replays an attempt of an
+    ended plan), to add to its status reason; '' when there is none."""
+    pending = await retries.open_attempt(conn, plan["plan_id"])
+    if pending is None:
+        return ""
+    number, key = pending["attempt_number"], pending["idempotency_key"]
+    log.warning(
+        "retry plan %s %s with attempt %d unresolved (key %s)",
+        plan["plan_id"],
+        ended,
+        number,
+        key,
+        extra={"action": "retry.ended_with_attempt_unresolved", "plan_id": str(plan["plan_id"])},
+    )
+    lease = plan["lease_expires_at"]
+    if pending["outcome"] == "OPEN" and lease is not None and lease > datetime.now(UTC):
+        return (
+            f"; attempt {number} was being charged (key {key}): its outcome is recorded when "
+            "the gateway answers"
+        )
+    return (
+        f"; the outcome of attempt {number} is not known (key {key}): check it at the gateway, "
+        "it may have charged too"
+    )
+
+
+async def cancel_for_subscription(
+    conn: Connection,
+    *,
+    subscription_id: str,
+    customer_id: str,
+    cancelled_at: datetime,
+    actor: str,
+) -> list[uuid.UUID]:
+    """The subscription was cancelled: its open plans (ACTIVE or PAUSED) are CANCELED, so its
+    unpaid invoices are charged no more and its customer gets no more dunning notices. Runs
+    inside the caller's transaction, which holds the subscription's lock
+    (``payments.lock_subscription``). A ``customer_id`` (not empty) must be every plan's."""
+    canceled = []
+    ended = f"canceled: subscription {subscription_id} was cancelled"
+    plans = await retries.open_plans_for_subscription(conn, subscription_id)
+    for plan in plans:
+        if customer_id and plan["customer_id"] != customer_id:
+            raise InvalidArgument(
+                "customer_id",
+                f"retry plan {plan['plan_id']} of subscription {subscription_id!r} is of "
+                f"customer {plan['customer_id']!r}, not {customer_id!r}",
+            )
+    for plan in plans:
+        plan_id = plan["plan_id"]
+        current = PlanStatus(plan["status"])
+        reason = (
+            f"subscription {subscription_id} was cancelled (cancel time "
+            f"{cancelled_at.isoformat()}): its unpaid invoices are not collected any more"
+        ) + await _unresolved_attempt(conn, plan, ended)
+        if not await retries.set_status(conn, plan_id, PlanStatus.CANCELED, [current], reason):
+            continue
+        row = await view(conn, plan_id)
+        await changes.record(
+            conn,
+            actor=actor,
+            action="retry.canceled",
+            entity_type="retry_plan",
+            entity_id=str(plan_id),
+            data={"from": current.value, "reason": reason, "subscription_id": subscription_id},
+            event_field="retry_plan_changed",
+            event_payload=events_pb2.RetryPlanChanged(
+                plan=convert.retry_plan_state(row, row["methods"])
+            ),
+        )
+        canceled.append(plan_id)
+    return canceled
+
+
 async def recover_by_payment(
     conn: Connection, *, payment_id: str, billing_event_id: str, actor: str
 ) -> list[uuid.UUID]:
@@ -748,30 +843,9 @@ async def recover_by_payment(
     recovered = []
     for plan in await retries.open_plans_for(conn, payment_id, billing_event_id):
         plan_id = plan["plan_id"]
-        reason = f"paid by payment {payment_id}"
-        pending = await retries.open_attempt(conn, plan_id)
-        if pending is not None:
-            # Nothing replays an attempt of a settled plan: say what a person must know.
-            number, key = pending["attempt_number"], pending["idempotency_key"]
-            lease = plan["lease_expires_at"]
-            if pending["outcome"] == "OPEN" and lease is not None and lease > datetime.now(UTC):
-                reason += (
-                    f"; attempt {number} was being charged (key {key}): its outcome is "
-                    "recorded when the gateway answers"
-                )
-            else:
-                reason += (
-                    f"; the outcome of attempt {number} is not known (key {key}): check it at "
-                    "the gateway, it may have charged too"
-                )
-            log.warning(
-                "retry plan %s paid by payment %s with attempt %d unresolved (key %s)",
-                plan_id,
-                payment_id,
-                number,
-                key,
-                extra={"action": "retry.paid_with_attempt_unresolved", "plan_id": str(plan_id)},
-            )
+        reason = f"paid by payment {payment_id}" + await _unresolved_attempt(
+            conn, plan, f"paid by payment {payment_id}"
+        )
         moved = await retries.set_status(
             conn,
             plan_id,

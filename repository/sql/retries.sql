@@ -1,8 +1,15 @@
 -- name: insert_plan
-INSERT INTO retry_plan (plan_id, payment_id, billing_event_id, customer_id, subscription_id,
-                        currency, amount, gateway, schedule_code, time_zone, status,
-                        first_failed_at, metadata)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'ACTIVE', $11, $12);
+-- The plan, and for a plan of a subscription its subscription_plan row (what a cancellation
+-- finds it by).
+WITH plan AS (
+    INSERT INTO retry_plan (plan_id, payment_id, billing_event_id, customer_id, subscription_id,
+                            currency, amount, gateway, schedule_code, time_zone, status,
+                            first_failed_at, metadata)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'ACTIVE', $11, $12)
+    RETURNING plan_id, subscription_id
+)
+INSERT INTO subscription_plan (subscription_id, plan_id)
+SELECT subscription_id, plan_id FROM plan WHERE subscription_id <> '';
 
 -- name: open_plan_for_payment
 SELECT * FROM retry_plan WHERE payment_id = $1 AND status IN ('ACTIVE', 'PAUSED') FOR UPDATE;
@@ -93,6 +100,26 @@ SELECT *
    AND ($5::timestamptz IS NULL OR (p.created_at, p.plan_id) > ($5, $6::uuid))
  ORDER BY p.created_at, p.plan_id
  LIMIT $7;
+
+-- name: open_plans_for_subscription
+-- The open plans of a subscription, locked in plan_id order.
+SELECT p.*
+  FROM subscription_plan s
+  JOIN retry_plan p ON p.plan_id = s.plan_id
+ WHERE s.subscription_id = $1 AND p.status IN ('ACTIVE', 'PAUSED')
+ ORDER BY p.plan_id
+   FOR UPDATE OF p;
+
+-- name: record_cancellation
+-- A subscription's cancellation, kept once: the first event's cancel time stays. Returns
+-- the row when this call recorded it, nothing when it was recorded before.
+INSERT INTO subscription_cancellation (subscription_id, customer_id, cancelled_at, event_id)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (subscription_id) DO NOTHING
+RETURNING *;
+
+-- name: cancellation
+SELECT * FROM subscription_cancellation WHERE subscription_id = $1;
 
 -- name: open_plans_for_billing_event
 SELECT * FROM retry_plan

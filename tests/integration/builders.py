@@ -42,6 +42,7 @@ def payment_message(
     metadata: dict[str, str] | None = None,
     customer_id: str = "cus_1",
     billing_event_id: str | None = None,
+    subscription_id: str = "sub_1",
 ) -> payment_pb2.Payment:
     """A payment of (item_id, net, tax) items; default one item of 9000 + 1000 tax."""
     number = next(_ids)
@@ -52,7 +53,7 @@ def payment_message(
         gateway=gateway,
         gateway_transaction_id=transaction_id or f"pi_{uuid.uuid4().hex[:12]}",
         customer_id=customer_id,
-        subscription_id="sub_1",
+        subscription_id=subscription_id,
         billing_event_id=f"be_{number}" if billing_event_id is None else billing_event_id,
         captured_amount=usd(total, currency),
         capture_time=ts(captured_at or datetime.now(UTC) - timedelta(days=1)),

@@ -34,6 +34,7 @@ def payment_failed(
     at: datetime | None = None,
     billing_event_id: str = "",
     eid: str | None = None,
+    subscription_id: str = "sub_7",
 ) -> ev.PaymentFailed:
     return ev.PaymentFailed(
         event_id=event_id() if eid is None else eid,
@@ -41,7 +42,7 @@ def payment_failed(
         payment_id=payment_id or f"inv_{uuid.uuid4().hex[:10]}",
         billing_event_id=billing_event_id,
         customer_id="cus_42",
-        subscription_id="sub_7",
+        subscription_id=subscription_id,
         amount=b.usd(amount),
         gateway="sandbox",
         payment_method=retry_plan_pb2.PaymentMethod(

@@ -72,13 +72,14 @@ def failure(
     outcome: str = "",
     amount: int = 2500,
     billing_event_id: str = "",
+    subscription_id: str = "sub_9",
 ) -> pb.RecordPaymentFailureRequest:
     request = pb.RecordPaymentFailureRequest(
         request_id=b.request_id(),
         payment_id=payment_id or f"inv_{b.request_id()[:8]}",
         billing_event_id=billing_event_id,
         customer_id="cus_9",
-        subscription_id="sub_9",
+        subscription_id=subscription_id,
         amount=b.usd(amount),
         gateway="sandbox",
         payment_method=retry_plan_pb2.PaymentMethod(payment_method_id=card, network=network),

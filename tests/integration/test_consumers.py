@@ -277,7 +277,18 @@ async def test_cancellation_with_policy_none_or_nothing_left_does_nothing(
     )
     await broker.publish("subscription.cancelled", none)
     row = await e.handled(live, "subscription.cancelled", none.event_id)
-    assert (row["outcome"], row["note"]) == ("IGNORED", "the policy is NONE: nothing to refund")
+    # No refund, but the cancellation is kept (its invoices are not collected any more).
+    assert row["outcome"] == "APPLIED"
+    assert await refunds_of(client, payment.payment_id) == []
+    again = e.subscription_cancelled(
+        "sub_none", START + timedelta(days=1), ev.CANCELLATION_REFUND_POLICY_NONE
+    )
+    await broker.publish("subscription.cancelled", again)
+    row = await e.handled(live, "subscription.cancelled", again.event_id)
+    assert row["outcome"] == "IGNORED"
+    assert row["note"] == (
+        "the policy is NONE: nothing to refund; collection was stopped before (no open retry plan)"
+    )
 
     await b.create_refund(client, payment.payment_id)  # a full refund, by hand
     full = e.subscription_cancelled(
@@ -289,10 +300,11 @@ async def test_cancellation_with_policy_none_or_nothing_left_does_nothing(
     assert "nothing of payment" in row["note"]
     assert len(await refunds_of(client, payment.payment_id)) == 1
 
-    unknown = e.subscription_cancelled("sub_never_paid", datetime.now(UTC))
-    await broker.publish("subscription.cancelled", unknown)
-    row = await e.handled(live, "subscription.cancelled", unknown.event_id)
-    assert row["outcome"] == "IGNORED"
+    for outcome in ("APPLIED", "IGNORED"):  # the first keeps the cancellation
+        unknown = e.subscription_cancelled("sub_never_paid", datetime.now(UTC))
+        await broker.publish("subscription.cancelled", unknown)
+        row = await e.handled(live, "subscription.cancelled", unknown.event_id)
+        assert row["outcome"] == outcome
     assert "has no recorded payment" in row["note"]
 
 
@@ -313,7 +325,8 @@ async def test_the_same_cancellation_twice_gives_one_refund(
     assert row is not None
     assert (row["outcome"], row["note"]) == (
         "IGNORED",
-        f"the period of payment {payment.payment_id!r} was refunded already",
+        f"the period of payment {payment.payment_id!r} was refunded already; "
+        "collection was stopped before (no open retry plan)",
     )
 
 

@@ -66,6 +66,7 @@ async def test_migrate_applies_every_migration_once(empty_database: str) -> None
         (9, "outbox_retention"),
         (10, "plan_wallet"),
         (11, "paid_payments"),
+        (12, "subscription_cancellations"),
     ]
     assert [(v, n) for v, n, _ in migrations()] == rows
 

@@ -228,10 +228,12 @@ Global___PaymentSucceeded: _TypeAlias = PaymentSucceeded  # noqa: Y015
 
 @_typing.final
 class SubscriptionCancelled(_message.Message):
-    """A subscription was cancelled ("subscription.cancelled"). The unused part of
-    its last paid period is refunded by the event's policy through the same path
-    as the CreateRefund RPC (approval policy, allocation over items and tax). One
-    refund per subscription and paid period, however often the event arrives.
+    """A subscription was cancelled ("subscription.cancelled"). Its unpaid invoices
+    are not collected any more: its open retry plans are canceled, and failures of
+    its payments handled later start no retries. The unused part of its last paid
+    period is refunded by the event's policy through the same path as the
+    CreateRefund RPC (approval policy, allocation over items and tax). One refund
+    per subscription and paid period, however often the event arrives.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

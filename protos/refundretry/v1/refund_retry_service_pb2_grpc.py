@@ -296,7 +296,8 @@ class RefundRetryServiceServicer:
 
     def RecordPaymentFailure(self, request, context):
         """Records a failed payment: starts its retry plan (or advances the open one) and returns
-        the plan with its first decision.
+        the plan with its first decision. FAILED_PRECONDITION, with nothing written, for a
+        payment paid already or a payment of a cancelled subscription.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -61,7 +61,8 @@ class RefundRetryServiceStub:
     """Runs the billing job once: executes approved refunds and due retries."""
     RecordPaymentFailure: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.RecordPaymentFailureRequest, _refund_retry_service_pb2.RecordPaymentFailureResponse]
     """Records a failed payment: starts its retry plan (or advances the open one) and returns
-    the plan with its first decision.
+    the plan with its first decision. FAILED_PRECONDITION, with nothing written, for a
+    payment paid already or a payment of a cancelled subscription.
     """
     GetRetryPlan: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.GetRetryPlanRequest, _refund_retry_service_pb2.GetRetryPlanResponse]
     ListRetryPlans: _grpc.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ListRetryPlansRequest, _refund_retry_service_pb2.ListRetryPlansResponse]
@@ -129,7 +130,8 @@ class RefundRetryServiceAsyncStub(RefundRetryServiceStub):
     """Runs the billing job once: executes approved refunds and due retries."""
     RecordPaymentFailure: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.RecordPaymentFailureRequest, _refund_retry_service_pb2.RecordPaymentFailureResponse]  # type: ignore[assignment]
     """Records a failed payment: starts its retry plan (or advances the open one) and returns
-    the plan with its first decision.
+    the plan with its first decision. FAILED_PRECONDITION, with nothing written, for a
+    payment paid already or a payment of a cancelled subscription.
     """
     GetRetryPlan: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.GetRetryPlanRequest, _refund_retry_service_pb2.GetRetryPlanResponse]  # type: ignore[assignment]
     ListRetryPlans: _aio.UnaryUnaryMultiCallable[_refund_retry_service_pb2.ListRetryPlansRequest, _refund_retry_service_pb2.ListRetryPlansResponse]  # type: ignore[assignment]
@@ -284,7 +286,8 @@ class RefundRetryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_refund_retry_service_pb2.RecordPaymentFailureResponse, _abc.Awaitable[_refund_retry_service_pb2.RecordPaymentFailureResponse]]:
         """Records a failed payment: starts its retry plan (or advances the open one) and returns
-        the plan with its first decision.
+        the plan with its first decision. FAILED_PRECONDITION, with nothing written, for a
+        payment paid already or a payment of a cancelled subscription.
         """
 
     @_abc_1.abstractmethod
