@@ -184,6 +184,22 @@ CHILD_OVERRIDES = {
         "'{payment_method_id}', to_jsonb('pm_' || $2 || '_' || b.i)) ELSE t.data END",
     },
 }
+# A version-7 UUID (repository/ids.py, as the service makes plan, attempt and event ids) in
+# SQL: the Unix time in milliseconds ({ms}, a bigint expression) over the first 48 bits of a
+# random UUID, whose version nibble becomes 7 (gen_random_uuid() sets the variant bits).
+UUID7_SQL = (
+    "encode(set_byte(overlay(uuid_send(gen_random_uuid()) PLACING "
+    "substring(int8send({ms}) FROM 3) FROM 1 FOR 6), 6, "
+    "(get_byte(uuid_send(gen_random_uuid()), 6) & 15) | 112), 'hex')::uuid"
+)
+NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+
+
+def new_uuid_sql(version: int, ms: str = NOW_MS) -> str:
+    """SQL for a new id of a copy: time-ordered (7, the service's) or random (4)."""
+    return "gen_random_uuid()" if version == 4 else UUID7_SQL.format(ms=ms)
+
+
 # Every parameter typed in every statement (PostgreSQL refuses an unused untyped one).
 PARAMS_TYPED = "$1::uuid IS NOT NULL AND $2::text IS NOT NULL AND $3::interval IS NOT NULL"
 
@@ -208,7 +224,9 @@ async def plan_child_tables(conn: Connection) -> list[str]:
     return [r["name"] for r in rows]
 
 
-def copy_statement(table: str, columns: list[tuple[str, str]], overrides: dict[str, str]) -> str:
+def copy_statement(
+    table: str, columns: list[tuple[str, str]], overrides: dict[str, str], id_version: int
+) -> str:
     exprs = []
     for name, type_name in columns:
         if name in overrides:
@@ -216,7 +234,7 @@ def copy_statement(table: str, columns: list[tuple[str, str]], overrides: dict[s
         elif type_name == "timestamp with time zone":
             exprs.append(f"t.{name} - $3::interval")
         elif type_name == "uuid":
-            exprs.append("gen_random_uuid()")
+            exprs.append(new_uuid_sql(id_version))
         else:
             exprs.append(f"t.{name}")
     names = ", ".join(name for name, _ in columns)
@@ -235,22 +253,26 @@ class Loader:
     """The copy statements, built once from the catalog."""
 
     statements: list[tuple[str, str]]  # (table, sql); retry_plan first
+    id_version: int  # of the copies' new ids: 7 (as the service makes them) or 4
 
     @classmethod
-    async def build(cls, conn: Connection) -> Loader:
+    async def build(cls, conn: Connection, id_version: int = 7) -> Loader:
         statements = [
             (
                 "retry_plan",
                 copy_statement(
-                    "retry_plan", await table_columns(conn, "retry_plan"), PLAN_OVERRIDES
+                    "retry_plan",
+                    await table_columns(conn, "retry_plan"),
+                    PLAN_OVERRIDES,
+                    id_version,
                 ),
             )
         ]
         for table in await plan_child_tables(conn):
             overrides = {**CHILD_OVERRIDES["*"], **CHILD_OVERRIDES.get(table, {})}
             columns = await table_columns(conn, table)
-            statements.append((table, copy_statement(table, columns, overrides)))
-        return cls(statements)
+            statements.append((table, copy_statement(table, columns, overrides, id_version)))
+        return cls(statements, id_version)
 
     async def load(
         self, conn: Connection, template: uuid.UUID, tag: str, count: int, success_percent: int
@@ -263,8 +285,12 @@ class Loader:
         assert isinstance(next_at, datetime)
         shift = DAY * max(1, math.ceil((next_at - now_utc()) / DAY))
         async with conn.transaction():
+            # Version 7: copy i as if created i ms after the first, so plans created together
+            # are due together (by blocks of 100, see PLAN_OVERRIDES), as failures of one
+            # billing run are retried together.
+            plan_id = new_uuid_sql(self.id_version, f"{NOW_MS} + i")
             await conn.execute(
-                "CREATE TEMP TABLE bench_ids ON COMMIT DROP AS SELECT i, gen_random_uuid() AS"
+                f"CREATE TEMP TABLE bench_ids ON COMMIT DROP AS SELECT i, {plan_id} AS"
                 f" plan_id FROM generate_series(1, {int(count)}) AS i"
             )
             for table, sql in self.statements:
@@ -1343,7 +1369,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 synchronous_commit=await conn.fetchval("SHOW synchronous_commit"),
                 shared_buffers=await conn.fetchval("SHOW shared_buffers"),
             )
-            ctx = Context(args, dsn, conn, await make_template(db), await Loader.build(conn))
+            ctx = Context(
+                args, dsn, conn, await make_template(db), await Loader.build(conn, args.id_version)
+            )
             result["copied_tables"] = ctx.loader.tables
             phases: list[Phase] = []
             if "A" in wanted:
@@ -1716,6 +1744,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--chunk", type=int, default=CHUNK, help="RetryJob(chunk=): plans per transaction")
     add("--chunks", type=int, default=CHUNKS, help="RetryJob(chunks=): chunks in flight")
     add("--success-percent", type=int, default=30, help="charges the sandbox approves")
+    add(
+        "--id-version",
+        type=int,
+        choices=(7, 4),
+        default=7,
+        help="new ids of the copied plans and their rows: time-ordered as the service makes "
+        "them (7), or random (4, as before the service made version-7 ids)",
+    )
     add("--diag-plans", type=int, default=500, help="plans for the serial diagnosis (D)")
     add("--profile-plans", type=int, default=3000, help="plans for the py-spy profile (P)")
     add("--due-fraction", type=float, default=0.01, help="phase C: share of stored plans due")

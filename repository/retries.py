@@ -98,7 +98,7 @@ class NewAttempt:
 
 
 async def insert_attempt(conn: Connection, attempt: NewAttempt) -> uuid.UUID:
-    attempt_id = uuid.uuid4()
+    attempt_id = uuid7()
     await conn.execute(
         Q["insert_attempt"],
         attempt_id,

@@ -17,6 +17,7 @@ import asyncpg
 from refundretry.v1 import events_pb2, retry_plan_pb2
 from repository import payments, retries, settings
 from repository.database import Connection, Database
+from repository.ids import uuid7
 from repository.settings import schedule_from_row
 from service import changes, convert, dunning, validation
 from service.auth import Principal
@@ -445,7 +446,7 @@ async def record_payment_failure(
         "RecordPaymentFailure",
         {k: getattr(cmd, k) for k in cmd.__dataclass_fields__ if k != "request_id"},
     )
-    new_plan_id = uuid.uuid4()
+    new_plan_id = uuid7()
     async with db.transaction() as conn:
         first = await changes.replayed(
             conn, "RecordPaymentFailure", cmd.request_id, digest, str(new_plan_id)

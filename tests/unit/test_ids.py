@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import time
 import uuid
 
@@ -29,3 +31,27 @@ def test_ids_within_a_millisecond_are_distinct() -> None:
     ids = [uuid7() for _ in range(20_000)]
     assert len(set(ids)) == len(ids)
     assert all(i.version == 7 for i in ids)
+
+
+def test_seeding_the_random_module_does_not_repeat_ids() -> None:
+    """A caller seeding ``random`` (a simulation, a test) must not make two processes, or two
+    runs, draw the same ids."""
+    random.seed(7)
+    first = uuid7()
+    random.seed(7)
+    second = uuid7()
+    assert first.int & ((1 << 74) - 1) != second.int & ((1 << 74) - 1)
+
+
+def test_a_forked_child_draws_other_ids_than_its_parent() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send its next id, and leave at once
+        os.write(write, uuid7().bytes)
+        os._exit(0)
+    os.close(write)
+    child = uuid.UUID(bytes=os.read(read, 16))
+    os.waitpid(pid, 0)
+    os.close(read)
+    parent = uuid7()
+    assert child.int & ((1 << 74) - 1) != parent.int & ((1 << 74) - 1)
