@@ -1126,14 +1126,18 @@ class Phase:
 
 
 class BackendSampler:
-    """The benchmark database's backends every 20 ms (pg_stat_activity): the mean number per
+    """The benchmark database's backends every ``interval`` seconds (pg_stat_activity; 0.1 by
+    default: at 0.02 the sampling itself, a query and a /proc read per backend 50 times a
+    second, took 0.07 cores in this process alone, beside 32 connections, on the 2-core
+    machine it measures; 0.017 at 0.1): the mean number per
     (state, wait event, statement), e.g. ``active Lock/transactionid journal.audit_append`` =
     waiting for another transaction's row lock (the audit chain head) inside audit_append;
     ``idle in transaction ClientRead`` = a transaction waiting for its client. Also the CPU
     of those backends (/proc)."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, interval: float = 0.1) -> None:
         self.dsn = dsn
+        self.interval = interval
         self.samples = 0
         self.tally: Counter[str] = Counter()
         self.first_ticks: dict[int, int] = {}
@@ -1164,7 +1168,7 @@ class BackendSampler:
                     self.last_ticks[r["pid"]] = ticks
                     if r["state"] != "idle":
                         self.tally[f"{r['state']} {r['wait']} {self._name(r['query'])}"] += 1
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(self.interval)
         finally:
             await conn.close()
 
@@ -1193,10 +1197,10 @@ def _squeeze(text: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def observed(dsn: str, phase: Phase) -> AsyncIterator[None]:
+async def observed(dsn: str, phase: Phase, sample_ms: int) -> AsyncIterator[None]:
     """Backend states and CPU (machine, PostgreSQL backends) during a phase."""
     machine, started = _machine_busy_ticks(), time.monotonic()
-    async with BackendSampler(dsn) as backends:
+    async with BackendSampler(dsn, sample_ms / 1000) as backends:
         yield
     wall = max(time.monotonic() - started, 1e-9)
     phase.db_backends = backends.summary()
@@ -1252,7 +1256,7 @@ async def phase_raw(ctx: Context, label: str = "A") -> Phase:
     tag = "raw" if label == "A" else "raw2"  # payment ids must differ from A's
     await ctx.load(tag, args.raw_plans)
     phase = Phase(label, f"raw claim + mark done, {args.raw_loops} loops")
-    async with observed(ctx.dsn, phase):
+    async with observed(ctx.dsn, phase, ctx.args.sample_ms):
         (phase.report,) = await run_children(
             "raw",
             ctx.dsn,
@@ -1277,7 +1281,7 @@ async def phase_jobs(ctx: Context, label: str, title: str, count: int, *, procs:
     await ctx.load(tag, count)
     phase = Phase(label, title)
     counted = await update_counts(ctx.conn)
-    async with observed(ctx.dsn, phase):
+    async with observed(ctx.dsn, phase, ctx.args.sample_ms):
         if procs == 0:
             db = await Database.connect(ctx.dsn, max_size=args.pool)
             try:
@@ -1744,6 +1748,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--chunk", type=int, default=CHUNK, help="RetryJob(chunk=): plans per transaction")
     add("--chunks", type=int, default=CHUNKS, help="RetryJob(chunks=): chunks in flight")
     add("--success-percent", type=int, default=30, help="charges the sandbox approves")
+    add(
+        "--sample-ms",
+        type=int,
+        default=100,
+        help="B phases: pg_stat_activity sampled every this many ms (the sampling costs CPU "
+        "on the machine it measures: 20 took 0.07 cores, 100 0.017)",
+    )
     add(
         "--id-version",
         type=int,
