@@ -44,6 +44,7 @@ from tests.integration.retry_builders import (
     run_retries,
     schedule,
 )
+from tests.integration.test_dunning import NOTIFY, create_campaign
 
 PS = retry_plan_pb2.RetryPlanStatus
 AO = retry_plan_pb2.AttemptOutcome
@@ -278,3 +279,35 @@ async def test_a_plan_canceled_while_its_attempt_is_charged_records_that_attempt
     said = [r for r in caplog.records if getattr(r, "action", "") == "retry_job.settled_meanwhile"]
     assert [r.levelname for r in said] == ["ERROR"]
     assert "collected although the plan is CANCELED" in said[0].getMessage()
+
+
+async def test_a_cancelled_subscriptions_customer_gets_no_more_dunning_notices(
+    client: Client, service: Service
+) -> None:
+    await create_campaign(
+        client,
+        "after-cancel",
+        [(0, NOTIFY, "failed"), (1, NOTIFY, "reminder")],
+        segment={"plan": "after-cancel"},
+    )
+    plans = {}
+    for name in ("cancelled", "kept"):
+        request = failure(
+            subscription_id=new_subscription(),
+            at=datetime.now(UTC) - timedelta(days=1) + timedelta(seconds=2),
+            outcome="decline:insufficient_funds",
+        )
+        request.metadata["plan"] = "after-cancel"
+        plans[name] = (await record(client, request)).plan
+    await cancellations.stop_collection(
+        service.db, CANCELLER, cancellation(plans["cancelled"].subscription_id)
+    )
+    await asyncio.sleep(2.2)  # day 1 begins: both plans' reminders are due
+
+    summary = await b.run_job(client)
+    assert summary.payment_retries.dunning_steps == 1  # the kept plan's
+    steps = {
+        n: [s.template for s in (await plan_of(client, p.plan_id)).dunning_steps]
+        for n, p in plans.items()
+    }
+    assert steps == {"cancelled": ["failed"], "kept": ["failed", "reminder"]}
