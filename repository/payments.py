@@ -77,14 +77,18 @@ async def lock_settling(
     if billing_event_id:
         keys.append(f"settle-billing-event:{billing_event_id}")
     if subscription_id:
-        keys.append(f"subscription:{subscription_id}")
+        keys.append(_subscription_key(subscription_id))
     await conn.fetchval(Q["lock_settling"], keys)
+
+
+def _subscription_key(subscription_id: str) -> str:
+    return f"subscription:{subscription_id}"
 
 
 async def lock_subscription(conn: Connection, subscription_id: str) -> None:
     """Serialize a subscription's cancellation with the failures of its payments that would
     start retries (``lock_settling`` with the subscription): the later one sees the other."""
-    await conn.fetchval(Q["lock_settling"], [f"subscription:{subscription_id}"])
+    await conn.fetchval(Q["lock_settling"], [_subscription_key(subscription_id)])
 
 
 async def get(conn: Connection, payment_id: str, *, lock: bool = False) -> asyncpg.Record | None:

@@ -649,25 +649,41 @@ async def change_status(
         if target is PlanStatus.ACTIVE and not plan["waiting_for_method"]:
             plan = await _locked_plan(conn, plan_id)
             await redecide(conn, plan, actor=principal.name, context=context)
-        row = await view(conn, plan_id)
-        action = {
-            PlanStatus.PAUSED: "retry.paused",
-            PlanStatus.CANCELED: "retry.canceled",
-            PlanStatus.ACTIVE: "retry.resumed",
-        }[target]
-        await changes.record(
+        return await _announce_status(
             conn,
+            plan_id,
+            target,
             actor=principal.name,
-            action=action,
-            entity_type="retry_plan",
-            entity_id=str(plan_id),
             data={"from": current.value, "reason": reason},
-            event_field="retry_plan_changed",
-            event_payload=events_pb2.RetryPlanChanged(
-                plan=convert.retry_plan_state(row, row["methods"])
-            ),
         )
-        return row
+
+
+_STATUS_ACTIONS = {
+    PlanStatus.PAUSED: "retry.paused",
+    PlanStatus.CANCELED: "retry.canceled",
+    PlanStatus.ACTIVE: "retry.resumed",
+}
+
+
+async def _announce_status(
+    conn: Connection, plan_id: uuid.UUID, target: PlanStatus, *, actor: str, data: dict[str, Any]
+) -> asyncpg.Record:
+    """The event (``RetryPlanChanged``) and audit row of a plan moved to ``target`` by a person
+    or a cancellation; returns the plan's view."""
+    row = await view(conn, plan_id)
+    await changes.record(
+        conn,
+        actor=actor,
+        action=_STATUS_ACTIONS[target],
+        entity_type="retry_plan",
+        entity_id=str(plan_id),
+        data=data,
+        event_field="retry_plan_changed",
+        event_payload=events_pb2.RetryPlanChanged(
+            plan=convert.retry_plan_state(row, row["methods"])
+        ),
+    )
+    return row
 
 
 async def _last_failure(conn: Connection, plan_id: uuid.UUID) -> dict[str, Any]:
@@ -760,18 +776,18 @@ async def add_payment_method(
         return row
 
 
-async def _unresolved_attempt(conn: Connection, plan: asyncpg.Record, ended: str) -> str:
-    """For a plan about to end otherwise than by its own attempt: what a person must know of
-    an attempt still being charged, or of unknown outcome (nothing replays an attempt of an
-    ended plan), to add to its status reason; '' when there is none."""
+async def _ending_reason(conn: Connection, plan: asyncpg.Record, reason: str) -> str:
+    """The status reason of a plan about to end otherwise than by its own attempt: ``reason``,
+    and what a person must know of an attempt still being charged, or of unknown outcome
+    (nothing replays an attempt of an ended plan)."""
     pending = await retries.open_attempt(conn, plan["plan_id"])
     if pending is None:
-        return ""
+        return reason
     number, key = pending["attempt_number"], pending["idempotency_key"]
     log.warning(
-        "retry plan %s %s with attempt %d unresolved (key %s)",
+        "retry plan %s ends (%s) with attempt %d unresolved (key %s)",
         plan["plan_id"],
-        ended,
+        reason,
         number,
         key,
         extra={"action": "retry.ended_with_attempt_unresolved", "plan_id": str(plan["plan_id"])},
@@ -779,12 +795,12 @@ async def _unresolved_attempt(conn: Connection, plan: asyncpg.Record, ended: str
     lease = plan["lease_expires_at"]
     if pending["outcome"] == "OPEN" and lease is not None and lease > datetime.now(UTC):
         return (
-            f"; attempt {number} was being charged (key {key}): its outcome is recorded when "
-            "the gateway answers"
+            f"{reason}; attempt {number} was being charged (key {key}): its outcome is recorded "
+            "when the gateway answers"
         )
     return (
-        f"; the outcome of attempt {number} is not known (key {key}): check it at the gateway, "
-        "it may have charged too"
+        f"{reason}; the outcome of attempt {number} is not known (key {key}): check it at the "
+        "gateway, it may have charged too"
     )
 
 
@@ -801,7 +817,6 @@ async def cancel_for_subscription(
     inside the caller's transaction, which holds the subscription's lock
     (``payments.lock_subscription``). A ``customer_id`` (not empty) must be every plan's."""
     canceled = []
-    ended = f"canceled: subscription {subscription_id} was cancelled"
     plans = await retries.open_plans_for_subscription(conn, subscription_id)
     for plan in plans:
         if customer_id and plan["customer_id"] != customer_id:
@@ -813,24 +828,20 @@ async def cancel_for_subscription(
     for plan in plans:
         plan_id = plan["plan_id"]
         current = PlanStatus(plan["status"])
-        reason = (
+        reason = await _ending_reason(
+            conn,
+            plan,
             f"subscription {subscription_id} was cancelled (cancel time "
-            f"{cancelled_at.isoformat()}): its unpaid invoices are not collected any more"
-        ) + await _unresolved_attempt(conn, plan, ended)
+            f"{cancelled_at.isoformat()}): its unpaid invoices are not collected any more",
+        )
         if not await retries.set_status(conn, plan_id, PlanStatus.CANCELED, [current], reason):
             continue
-        row = await view(conn, plan_id)
-        await changes.record(
+        await _announce_status(
             conn,
+            plan_id,
+            PlanStatus.CANCELED,
             actor=actor,
-            action="retry.canceled",
-            entity_type="retry_plan",
-            entity_id=str(plan_id),
             data={"from": current.value, "reason": reason, "subscription_id": subscription_id},
-            event_field="retry_plan_changed",
-            event_payload=events_pb2.RetryPlanChanged(
-                plan=convert.retry_plan_state(row, row["methods"])
-            ),
         )
         canceled.append(plan_id)
     return canceled
@@ -844,9 +855,7 @@ async def recover_by_payment(
     recovered = []
     for plan in await retries.open_plans_for(conn, payment_id, billing_event_id):
         plan_id = plan["plan_id"]
-        reason = f"paid by payment {payment_id}" + await _unresolved_attempt(
-            conn, plan, f"paid by payment {payment_id}"
-        )
+        reason = await _ending_reason(conn, plan, f"paid by payment {payment_id}")
         moved = await retries.set_status(
             conn,
             plan_id,

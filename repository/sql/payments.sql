@@ -68,8 +68,10 @@ UPDATE payment SET pending_refund_amount = pending_refund_amount - $3,
 -- name: lock_settling
 -- Serializes the transactions that settle a payment and those that start its retries:
 -- RecordPayment (which recovers the open plans of its payment and billing event) and
--- RecordPaymentFailure (which starts no plan for a payment paid already). Each locks its
--- payment id and billing event ($1, '' for none) first, in order; the other then waits for
--- its COMMIT and sees what it wrote. Transaction-level advisory locks: released at the end.
+-- RecordPaymentFailure (which starts no plan for a payment paid already, or of a cancelled
+-- subscription); and a subscription's cancellation (which cancels its plans). Each locks its
+-- keys ($1: the payment id, billing event, subscription) first, in order; the other then
+-- waits for its COMMIT and sees what it wrote. Transaction-level advisory locks: released at
+-- the end.
 SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))
   FROM (SELECT k FROM unnest($1::text[]) AS k ORDER BY k) keys;

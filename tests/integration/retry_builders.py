@@ -13,6 +13,8 @@ from google.protobuf.duration_pb2 import Duration
 from refundretry.v1 import events_pb2, retry_plan_pb2, retry_schedule_pb2
 from refundretry.v1 import refund_retry_service_pb2 as pb
 from repository.database import Database
+from service.gateways.sandbox import SandboxGateway
+from service.jobs.retry_job import RetryJob
 from tests.integration import builders as b
 from tests.integration.conftest import Client
 from tests.stripe_server import StripeStubServer
@@ -96,6 +98,22 @@ def failure(
     if outcome:
         request.metadata["sandbox_charge_outcome"] = outcome
     return request
+
+
+@pytest.fixture(autouse=True)
+async def fast_schedule(client: Client) -> None:
+    """The schedule ``failure()`` names: attempts 60 and 120 s apart, 4 in all. Autouse in the
+    modules that import it."""
+    await schedule(client, "test-fast", [60, 120], attempts=4)
+
+
+def retry_job(
+    client: Client, db: Database, gateway: SandboxGateway | None = None, **kwargs: object
+) -> RetryJob:
+    """A RetryJob with the service's retry context, on the sandbox gateway (a new one when
+    none is given); ``kwargs`` as RetryJob's (e.g. ``after_charge``)."""
+    context = client.service.billing_job.retry_job.context  # type: ignore[union-attr]
+    return RetryJob(db, {"sandbox": gateway or SandboxGateway()}, context, **kwargs)  # type: ignore[arg-type]
 
 
 async def record(client: Client, request: pb.RecordPaymentFailureRequest) -> Any:

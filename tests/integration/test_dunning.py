@@ -16,7 +16,14 @@ from refundretry.v1 import refund_retry_service_pb2 as pb
 from repository.database import Database
 from tests.integration import builders as b
 from tests.integration.conftest import Client
-from tests.integration.retry_builders import events, failure, plan_of, record, schedule
+from tests.integration.retry_builders import (
+    events,
+    failure,
+    fast_schedule,  # noqa: F401  (autouse fixture)
+    plan_of,
+    record,
+    schedule,
+)
 
 NOTIFY = dunning_pb2.DUNNING_STEP_KIND_NOTIFY
 RETRY = dunning_pb2.DUNNING_STEP_KIND_RETRY
@@ -44,11 +51,6 @@ async def create_campaign(
         pb.CreateDunningCampaignRequest(request_id=b.request_id(), campaign=campaign),
     )
     return response.campaign
-
-
-@pytest.fixture(autouse=True)
-async def fast_schedule(client: Client) -> None:
-    await schedule(client, "test-fast", [60, 120], attempts=4)
 
 
 async def test_default_campaign_sends_the_first_notice_with_the_failure(

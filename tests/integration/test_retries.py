@@ -22,8 +22,10 @@ from tests.integration.conftest import Client
 from tests.integration.retry_builders import (
     events,
     failure,
+    fast_schedule,  # noqa: F401  (autouse fixture)
     plan_of,
     record,
+    retry_job,
     rpc_error,
     run_retries,
     schedule,
@@ -32,11 +34,6 @@ from tests.integration.retry_builders import (
 PS = retry_plan_pb2.RetryPlanStatus
 DA = retry_plan_pb2.DecisionAction
 AO = retry_plan_pb2.AttemptOutcome
-
-
-@pytest.fixture(autouse=True)
-async def fast_schedule(client: Client) -> None:
-    await schedule(client, "test-fast", [60, 120], attempts=4)
 
 
 # -- decisions ------------------------------------------------------------------------------
@@ -363,8 +360,7 @@ async def test_a_plan_paid_while_its_attempt_is_charged_records_that_attempt(
     async def pay_meanwhile(request: ChargeRequest, outcome: ChargeOutcome) -> None:
         await b.record_payment(client, payment_id=plan.payment_id)
 
-    context = client.service.billing_job.retry_job.context  # type: ignore[union-attr]
-    job = RetryJob(db, {"sandbox": SandboxGateway()}, context, after_charge=pay_meanwhile)
+    job = retry_job(client, db, after_charge=pay_meanwhile)
     summary = await job.run(due_by=datetime.now(UTC) + timedelta(minutes=2))
 
     assert (summary.settled_meanwhile, summary.lease_lost, summary.recovered) == (1, 0, 0)
@@ -391,8 +387,7 @@ async def test_a_plan_exhausted_while_its_attempt_is_charged_records_that_attemp
     async def fail_meanwhile(request: ChargeRequest, outcome: ChargeOutcome) -> None:
         await record(client, failure(payment_id=plan.payment_id, code="stolen_card"))
 
-    context = client.service.billing_job.retry_job.context  # type: ignore[union-attr]
-    job = RetryJob(db, {"sandbox": SandboxGateway()}, context, after_charge=fail_meanwhile)
+    job = retry_job(client, db, after_charge=fail_meanwhile)
     summary = await job.run(due_by=datetime.now(UTC) + timedelta(minutes=2))
 
     assert (summary.settled_meanwhile, summary.lease_lost) == (1, 0)

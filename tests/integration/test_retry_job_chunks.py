@@ -25,21 +25,19 @@ from service.jobs.retry_job import RetryJob
 from service.server import build_billing_job
 from tests.integration import builders as b
 from tests.integration.conftest import Client
-from tests.integration.retry_builders import events, failure, plan_of, record, rpc_error, schedule
+from tests.integration.retry_builders import (
+    events,
+    failure,
+    fast_schedule,  # noqa: F401  (autouse fixture)
+    plan_of,
+    record,
+    rpc_error,
+)
+from tests.integration.retry_builders import retry_job as job
 
 PS = retry_plan_pb2.RetryPlanStatus
 AO = retry_plan_pb2.AttemptOutcome
 DUE = timedelta(minutes=2)
-
-
-@pytest.fixture(autouse=True)
-async def fast_schedule(client: Client) -> None:
-    await schedule(client, "test-fast", [60, 120], attempts=4)
-
-
-def job(client: Client, db: Database, gateway: SandboxGateway, **kwargs: object) -> RetryJob:
-    context = client.service.billing_job.retry_job.context  # type: ignore[union-attr]
-    return RetryJob(db, {"sandbox": gateway}, context, **kwargs)  # type: ignore[arg-type]
 
 
 async def test_each_plan_of_a_chunk_ends_as_it_would_alone(client: Client, db: Database) -> None:

@@ -27,8 +27,6 @@ from service.auth import Principal, Role
 from service.domain.proration import CancellationPolicy
 from service.errors import InvalidArgument
 from service.gateways.base import ChargeOutcome, ChargeRequest
-from service.gateways.sandbox import SandboxGateway
-from service.jobs.retry_job import RetryJob
 from service.server import Service
 from tests.integration import builders as b
 from tests.integration import event_builders as e
@@ -38,11 +36,12 @@ from tests.integration.event_builders import live, plans_of  # noqa: F401  (fixt
 from tests.integration.retry_builders import (
     events,
     failure,
+    fast_schedule,  # noqa: F401  (autouse fixture)
     plan_of,
     record,
+    retry_job,
     rpc_error,
     run_retries,
-    schedule,
 )
 from tests.integration.test_dunning import NOTIFY, create_campaign
 
@@ -77,11 +76,6 @@ async def failed(live: Service, broker: Broker, client: Client, subscription_id:
 @pytest.fixture
 def config_overrides(broker: Broker) -> dict[str, str]:
     return broker.settings()
-
-
-@pytest.fixture(autouse=True)
-async def fast_schedule(client: Client) -> None:
-    await schedule(client, "test-fast", [60, 120], attempts=4)
 
 
 async def test_a_cancellation_stops_retrying_the_subscriptions_unpaid_invoices(
@@ -267,8 +261,7 @@ async def test_a_plan_canceled_while_its_attempt_is_charged_records_that_attempt
     async def cancel_meanwhile(request: ChargeRequest, outcome: ChargeOutcome) -> None:
         await cancellations.stop_collection(service.db, CANCELLER, cancellation(subscription))
 
-    context = client.service.billing_job.retry_job.context  # type: ignore[union-attr]
-    job = RetryJob(db, {"sandbox": SandboxGateway()}, context, after_charge=cancel_meanwhile)
+    job = retry_job(client, db, after_charge=cancel_meanwhile)
     summary = await job.run(due_by=datetime.now(UTC) + timedelta(minutes=2))
 
     assert (summary.settled_meanwhile, summary.lease_lost, summary.recovered) == (1, 0, 0)
