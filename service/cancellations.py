@@ -25,9 +25,10 @@ from datetime import datetime
 
 import asyncpg
 
-from repository import journal, payments, retries, subscriptions
+from refundretry.v1 import events_pb2
+from repository import payments, retries, subscriptions
 from repository.database import Database
-from service import changes, refunds, validation
+from service import changes, convert, refunds, validation
 from service import retries as retry_plans
 from service.auth import Principal
 from service.domain.money import Money
@@ -93,8 +94,9 @@ class CollectionStopped:
 async def stop_collection(
     db: Database, principal: Principal, cmd: Cancellation, *, event_id: str = ""
 ) -> CollectionStopped:
-    """Keep the subscription's cancellation (the first one's time stays) and cancel its open
-    retry plans, each with its audit row and ``retry.canceled`` event, in one transaction.
+    """Keep the subscription's cancellation (the first one's time stays; audited, and
+    published as ``subscription.collection_stopped``) and cancel its open retry plans, each
+    with its audit row and ``retry.canceled`` event, in one transaction.
     Running it again changes nothing more: it is safe to repeat before a refund that failed."""
     _validate(cmd)
     async with db.transaction() as conn:
@@ -114,8 +116,9 @@ async def stop_collection(
             actor=principal.name,
         )
         if recorded is not None:
-            # What the service will refuse from now on is a change of its own: audited.
-            await journal.append_audit(
+            # What the service will refuse from now on is a change of its own: audited and
+            # published, so billing systems learn that collection stopped.
+            await changes.record(
                 conn,
                 actor=principal.name,
                 action="subscription.collection_stopped",
@@ -126,6 +129,14 @@ async def stop_collection(
                     "event_id": event_id,
                     "retry_plans_canceled": [str(p) for p in canceled],
                 },
+                event_field="subscription_collection_stopped",
+                event_payload=events_pb2.SubscriptionCollectionStopped(
+                    subscription_id=cmd.subscription_id,
+                    customer_id=cmd.customer_id,
+                    cancel_time=convert.ts(cmd.cancel_at),
+                    cancellation_event_id=event_id,
+                    canceled_plan_ids=[str(p) for p in canceled],
+                ),
             )
     return CollectionStopped(recorded is not None, [str(p) for p in canceled])
 

@@ -117,6 +117,23 @@ async def test_a_cancellation_stops_retrying_the_subscriptions_unpaid_invoices(
         pb.ListAuditEventsRequest(entity_type="subscription", entity_id=subscription),
     )
     assert [a.action for a in stopped.audit_events] == ["subscription.collection_stopped"]
+    # Published too, in the same transaction: billing systems learn that collection stopped,
+    # and which plans it ended; WatchEvents' subscription filter finds it.
+    [published] = await events(db, subscription)
+    assert (published.type, published.actor) == (
+        "subscription.collection_stopped",
+        "consumer:subscription.cancelled",
+    )
+    body = published.subscription_collection_stopped
+    assert body.subscription_id == subscription
+    assert body.cancellation_event_id == cancel.event_id
+    assert body.cancel_time.ToDatetime(UTC) == cancel.cancel_time.ToDatetime(UTC)
+    assert sorted(body.canceled_plan_ids) == sorted([active.plan_id, paused.plan_id])
+    async with db.connection() as conn:
+        filed_under = await conn.fetchval(
+            "SELECT subscription_id FROM outbox WHERE aggregate_id = $1", subscription
+        )
+    assert filed_under == subscription
 
     # The billing job charges the other subscription's invoice, and neither of these.
     await run_retries(client, ahead=timedelta(days=30))
@@ -158,6 +175,9 @@ async def test_a_failure_handled_after_its_subscriptions_cancellation_starts_no_
     row = await e.handled(live, "subscription.cancelled", again.event_id)
     assert row["outcome"] == "IGNORED"
     assert "collection was stopped before (no open retry plan)" in row["note"]
+    [published] = await events(live.db, subscription)
+    assert published.subscription_collection_stopped.cancellation_event_id == cancel.event_id
+    assert list(published.subscription_collection_stopped.canceled_plan_ids) == []
 
 
 async def test_a_cancellation_whose_refund_must_wait_has_stopped_collection_already(

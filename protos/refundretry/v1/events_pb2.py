@@ -32,61 +32,63 @@ from refundretry.v1 import retry_plan_pb2 as refundretry_dot_v1_dot_retry__plan_
 from refundretry.v1 import retry_schedule_pb2 as refundretry_dot_v1_dot_retry__schedule__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brefundretry/v1/events.proto\x12\x0erefundretry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1crefundretry/v1/dunning.proto\x1a\x1arefundretry/v1/money.proto\x1a\x1crefundretry/v1/payment.proto\x1a\x1brefundretry/v1/refund.proto\x1a\"refundretry/v1/refund_policy.proto\x1a\x1frefundretry/v1/retry_plan.proto\x1a#refundretry/v1/retry_schedule.proto\"\xf9\x0c\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12.\n\noccur_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61ggregate_type\x18\x04 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x07 \x01(\t\x12;\n\x10payment_recorded\x18\n \x01(\x0b\x32\x1f.refundretry.v1.PaymentRecordedH\x00\x12\x37\n\x0erefund_created\x18\x0b \x01(\x0b\x32\x1d.refundretry.v1.RefundCreatedH\x00\x12\x39\n\x0frefund_approved\x18\x0c \x01(\x0b\x32\x1e.refundretry.v1.RefundApprovedH\x00\x12\x39\n\x0frefund_rejected\x18\r \x01(\x0b\x32\x1e.refundretry.v1.RefundRejectedH\x00\x12\x39\n\x0frefund_canceled\x18\x0e \x01(\x0b\x32\x1e.refundretry.v1.RefundCanceledH\x00\x12=\n\x11refund_processing\x18\x0f \x01(\x0b\x32 .refundretry.v1.RefundProcessingH\x00\x12;\n\x10refund_succeeded\x18\x10 \x01(\x0b\x32\x1f.refundretry.v1.RefundSucceededH\x00\x12\x35\n\rrefund_failed\x18\x11 \x01(\x0b\x32\x1c.refundretry.v1.RefundFailedH\x00\x12\x44\n\x15refund_attempt_failed\x18\x12 \x01(\x0b\x32#.refundretry.v1.RefundAttemptFailedH\x00\x12\x44\n\x15refund_policy_updated\x18\x13 \x01(\x0b\x32#.refundretry.v1.RefundPolicyUpdatedH\x00\x12\x46\n\x16retry_schedule_changed\x18\x14 \x01(\x0b\x32$.refundretry.v1.RetryScheduleChangedH\x00\x12\x46\n\x16refund_requires_action\x18\x15 \x01(\x0b\x32$.refundretry.v1.RefundRequiresActionH\x00\x12\x39\n\x0fretry_scheduled\x18\x16 \x01(\x0b\x32\x1e.refundretry.v1.RetryScheduledH\x00\x12\x39\n\x0fretry_attempted\x18\x17 \x01(\x0b\x32\x1e.refundretry.v1.RetryAttemptedH\x00\x12=\n\x11payment_recovered\x18\x18 \x01(\x0b\x32 .refundretry.v1.PaymentRecoveredH\x00\x12\x42\n\x14retry_plan_exhausted\x18\x19 \x01(\x0b\x32\".refundretry.v1.RetryPlanExhaustedH\x00\x12>\n\x12retry_plan_changed\x18\x1a \x01(\x0b\x32 .refundretry.v1.RetryPlanChangedH\x00\x12\x37\n\x0e\x64unning_notice\x18\x1b \x01(\x0b\x32\x1d.refundretry.v1.DunningNoticeH\x00\x12=\n\x11\x64unning_exhausted\x18\x1c \x01(\x0b\x32 .refundretry.v1.DunningExhaustedH\x00\x12\x42\n\x14\x64unning_final_action\x18\x1d \x01(\x0b\x32\".refundretry.v1.DunningFinalActionH\x00\x12J\n\x18\x64unning_campaign_changed\x18\x1e \x01(\x0b\x32&.refundretry.v1.DunningCampaignChangedH\x00\x12L\n\x19\x64unning_exclusion_changed\x18\x1f \x01(\x0b\x32\'.refundretry.v1.DunningExclusionChangedH\x00\x12;\n\x10payment_disputed\x18  \x01(\x0b\x32\x1f.refundretry.v1.PaymentDisputedH\x00\x42\t\n\x07payload\";\n\x0fPaymentRecorded\x12(\n\x07payment\x18\x01 \x01(\x0b\x32\x17.refundretry.v1.Payment\"<\n\rRefundCreated\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\"g\n\x0eRefundApproved\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\x12\x10\n\x08\x61pprover\x18\x02 \x01(\t\x12\x16\n\x0e\x66ully_approved\x18\x03 \x01(\x08\"=\n\x0eRefundRejected\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\"=\n\x0eRefundCanceled\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\"?\n\x10RefundProcessing\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\">\n\x0fRefundSucceeded\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\"z\n\x0cRefundFailed\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\x12\x12\n\nerror_code\x18\x02 \x01(\t\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12\x12\n\nwill_retry\x18\x04 \x01(\x08\"\xc9\x01\n\x13RefundAttemptFailed\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\x12\x11\n\tdetail_id\x18\x02 \x01(\t\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x12\n\nwill_retry\x18\x05 \x01(\x08\x12\x33\n\x0fnext_retry_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x01\n\x14RefundRequiresAction\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\x12\x11\n\tdetail_id\x18\x02 \x01(\t\x12\x19\n\x11gateway_refund_id\x18\x03 \x01(\t\x12\x12\n\nwill_retry\x18\x04 \x01(\x08\x12\x33\n\x0fnext_check_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x13RefundPolicyUpdated\x12,\n\x06policy\x18\x01 \x01(\x0b\x32\x1c.refundretry.v1.RefundPolicy\"G\n\x14RetryScheduleChanged\x12/\n\x08schedule\x18\x01 \x01(\x0b\x32\x1d.refundretry.v1.RetrySchedule\"j\n\x0eRetryScheduled\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.refundretry.v1.RetryPlan\x12/\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1d.refundretry.v1.RetryDecision\"\xb5\x01\n\x0eRetryAttempted\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.refundretry.v1.RetryPlan\x12/\n\x07\x61ttempt\x18\x02 \x01(\x0b\x32\x1e.refundretry.v1.PaymentAttempt\x12\x12\n\nwill_retry\x18\x03 \x01(\x08\x12\x35\n\x11next_attempt_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x10PaymentRecovered\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.refundretry.v1.RetryPlan\x12\x14\n\x0crecovered_by\x18\x02 \x01(\t\"a\n\x12RetryPlanExhausted\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.refundretry.v1.RetryPlan\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nwill_retry\x18\x03 \x01(\x08\";\n\x10RetryPlanChanged\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.refundretry.v1.RetryPlan\"\xad\x01\n\rDunningNotice\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x15\n\rcampaign_code\x18\x04 \x01(\t\x12\x10\n\x08template\x18\x05 \x01(\t\x12\x0b\n\x03\x64\x61y\x18\x06 \x01(\x05\x12\'\n\x04plan\x18\x07 \x01(\x0b\x32\x19.refundretry.v1.RetryPlan\"f\n\x10\x44unningExhausted\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.refundretry.v1.RetryPlan\x12\x15\n\rcampaign_code\x18\x02 \x01(\t\x12\x12\n\nwill_retry\x18\x03 \x01(\x08\"\x81\x01\n\x12\x44unningFinalAction\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.refundretry.v1.RetryPlan\x12\x15\n\rcampaign_code\x18\x02 \x01(\t\x12+\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1b.refundretry.v1.FinalAction\"K\n\x16\x44unningCampaignChanged\x12\x31\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x1f.refundretry.v1.DunningCampaign\"P\n\x17\x44unningExclusionChanged\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xcluded\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xf6\x01\n\x0fPaymentDisputed\x12\x12\n\ndispute_id\x18\x01 \x01(\t\x12\x0f\n\x07gateway\x18\x02 \x01(\t\x12\x12\n\npayment_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x05 \x01(\t\x12%\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x15.refundretry.v1.Money\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12-\n\x06status\x18\x08 \x01(\x0e\x32\x1d.refundretry.v1.DisputeStatus\x12\x16\n\x0egateway_status\x18\t \x01(\t*\x94\x01\n\rDisputeStatus\x12\x1e\n\x1a\x44ISPUTE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44ISPUTE_STATUS_OPEN\x10\x01\x12\x16\n\x12\x44ISPUTE_STATUS_WON\x10\x02\x12\x17\n\x13\x44ISPUTE_STATUS_LOST\x10\x03\x12\x19\n\x15\x44ISPUTE_STATUS_CLOSED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brefundretry/v1/events.proto\x12\x0erefundretry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1crefundretry/v1/dunning.proto\x1a\x1arefundretry/v1/money.proto\x1a\x1crefundretry/v1/payment.proto\x1a\x1brefundretry/v1/refund.proto\x1a\"refundretry/v1/refund_policy.proto\x1a\x1frefundretry/v1/retry_plan.proto\x1a#refundretry/v1/retry_schedule.proto\"\xd3\r\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12.\n\noccur_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61ggregate_type\x18\x04 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x07 \x01(\t\x12;\n\x10payment_recorded\x18\n \x01(\x0b\x32\x1f.refundretry.v1.PaymentRecordedH\x00\x12\x37\n\x0erefund_created\x18\x0b \x01(\x0b\x32\x1d.refundretry.v1.RefundCreatedH\x00\x12\x39\n\x0frefund_approved\x18\x0c \x01(\x0b\x32\x1e.refundretry.v1.RefundApprovedH\x00\x12\x39\n\x0frefund_rejected\x18\r \x01(\x0b\x32\x1e.refundretry.v1.RefundRejectedH\x00\x12\x39\n\x0frefund_canceled\x18\x0e \x01(\x0b\x32\x1e.refundretry.v1.RefundCanceledH\x00\x12=\n\x11refund_processing\x18\x0f \x01(\x0b\x32 .refundretry.v1.RefundProcessingH\x00\x12;\n\x10refund_succeeded\x18\x10 \x01(\x0b\x32\x1f.refundretry.v1.RefundSucceededH\x00\x12\x35\n\rrefund_failed\x18\x11 \x01(\x0b\x32\x1c.refundretry.v1.RefundFailedH\x00\x12\x44\n\x15refund_attempt_failed\x18\x12 \x01(\x0b\x32#.refundretry.v1.RefundAttemptFailedH\x00\x12\x44\n\x15refund_policy_updated\x18\x13 \x01(\x0b\x32#.refundretry.v1.RefundPolicyUpdatedH\x00\x12\x46\n\x16retry_schedule_changed\x18\x14 \x01(\x0b\x32$.refundretry.v1.RetryScheduleChangedH\x00\x12\x46\n\x16refund_requires_action\x18\x15 \x01(\x0b\x32$.refundretry.v1.RefundRequiresActionH\x00\x12\x39\n\x0fretry_scheduled\x18\x16 \x01(\x0b\x32\x1e.refundretry.v1.RetryScheduledH\x00\x12\x39\n\x0fretry_attempted\x18\x17 \x01(\x0b\x32\x1e.refundretry.v1.RetryAttemptedH\x00\x12=\n\x11payment_recovered\x18\x18 \x01(\x0b\x32 .refundretry.v1.PaymentRecoveredH\x00\x12\x42\n\x14retry_plan_exhausted\x18\x19 \x01(\x0b\x32\".refundretry.v1.RetryPlanExhaustedH\x00\x12>\n\x12retry_plan_changed\x18\x1a \x01(\x0b\x32 .refundretry.v1.RetryPlanChangedH\x00\x12\x37\n\x0e\x64unning_notice\x18\x1b \x01(\x0b\x32\x1d.refundretry.v1.DunningNoticeH\x00\x12=\n\x11\x64unning_exhausted\x18\x1c \x01(\x0b\x32 .refundretry.v1.DunningExhaustedH\x00\x12\x42\n\x14\x64unning_final_action\x18\x1d \x01(\x0b\x32\".refundretry.v1.DunningFinalActionH\x00\x12J\n\x18\x64unning_campaign_changed\x18\x1e \x01(\x0b\x32&.refundretry.v1.DunningCampaignChangedH\x00\x12L\n\x19\x64unning_exclusion_changed\x18\x1f \x01(\x0b\x32\'.refundretry.v1.DunningExclusionChangedH\x00\x12;\n\x10payment_disputed\x18  \x01(\x0b\x32\x1f.refundretry.v1.PaymentDisputedH\x00\x12X\n\x1fsubscription_collection_stopped\x18! \x01(\x0b\x32-.refundretry.v1.SubscriptionCollectionStoppedH\x00\x42\t\n\x07payload\";\n\x0fPaymentRecorded\x12(\n\x07payment\x18\x01 \x01(\x0b\x32\x17.refundretry.v1.Payment\"<\n\rRefundCreated\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\"g\n\x0eRefundApproved\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\x12\x10\n\x08\x61pprover\x18\x02 \x01(\t\x12\x16\n\x0e\x66ully_approved\x18\x03 \x01(\x08\"=\n\x0eRefundRejected\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\"=\n\x0eRefundCanceled\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\"?\n\x10RefundProcessing\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\">\n\x0fRefundSucceeded\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\"z\n\x0cRefundFailed\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\x12\x12\n\nerror_code\x18\x02 \x01(\t\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12\x12\n\nwill_retry\x18\x04 \x01(\x08\"\xc9\x01\n\x13RefundAttemptFailed\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\x12\x11\n\tdetail_id\x18\x02 \x01(\t\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x12\n\nwill_retry\x18\x05 \x01(\x08\x12\x33\n\x0fnext_retry_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x01\n\x14RefundRequiresAction\x12+\n\x06refund\x18\x01 \x01(\x0b\x32\x1b.refundretry.v1.RefundEvent\x12\x11\n\tdetail_id\x18\x02 \x01(\t\x12\x19\n\x11gateway_refund_id\x18\x03 \x01(\t\x12\x12\n\nwill_retry\x18\x04 \x01(\x08\x12\x33\n\x0fnext_check_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x13RefundPolicyUpdated\x12,\n\x06policy\x18\x01 \x01(\x0b\x32\x1c.refundretry.v1.RefundPolicy\"G\n\x14RetryScheduleChanged\x12/\n\x08schedule\x18\x01 \x01(\x0b\x32\x1d.refundretry.v1.RetrySchedule\"j\n\x0eRetryScheduled\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.refundretry.v1.RetryPlan\x12/\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1d.refundretry.v1.RetryDecision\"\xb5\x01\n\x0eRetryAttempted\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.refundretry.v1.RetryPlan\x12/\n\x07\x61ttempt\x18\x02 \x01(\x0b\x32\x1e.refundretry.v1.PaymentAttempt\x12\x12\n\nwill_retry\x18\x03 \x01(\x08\x12\x35\n\x11next_attempt_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x10PaymentRecovered\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.refundretry.v1.RetryPlan\x12\x14\n\x0crecovered_by\x18\x02 \x01(\t\"a\n\x12RetryPlanExhausted\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.refundretry.v1.RetryPlan\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nwill_retry\x18\x03 \x01(\x08\";\n\x10RetryPlanChanged\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.refundretry.v1.RetryPlan\"\xad\x01\n\rDunningNotice\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x15\n\rcampaign_code\x18\x04 \x01(\t\x12\x10\n\x08template\x18\x05 \x01(\t\x12\x0b\n\x03\x64\x61y\x18\x06 \x01(\x05\x12\'\n\x04plan\x18\x07 \x01(\x0b\x32\x19.refundretry.v1.RetryPlan\"f\n\x10\x44unningExhausted\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.refundretry.v1.RetryPlan\x12\x15\n\rcampaign_code\x18\x02 \x01(\t\x12\x12\n\nwill_retry\x18\x03 \x01(\x08\"\x81\x01\n\x12\x44unningFinalAction\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.refundretry.v1.RetryPlan\x12\x15\n\rcampaign_code\x18\x02 \x01(\t\x12+\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1b.refundretry.v1.FinalAction\"K\n\x16\x44unningCampaignChanged\x12\x31\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x1f.refundretry.v1.DunningCampaign\"P\n\x17\x44unningExclusionChanged\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xcluded\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xb8\x01\n\x1dSubscriptionCollectionStopped\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12/\n\x0b\x63\x61ncel_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15\x63\x61ncellation_event_id\x18\x04 \x01(\t\x12\x19\n\x11\x63\x61nceled_plan_ids\x18\x05 \x03(\t\"\xf6\x01\n\x0fPaymentDisputed\x12\x12\n\ndispute_id\x18\x01 \x01(\t\x12\x0f\n\x07gateway\x18\x02 \x01(\t\x12\x12\n\npayment_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x05 \x01(\t\x12%\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x15.refundretry.v1.Money\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12-\n\x06status\x18\x08 \x01(\x0e\x32\x1d.refundretry.v1.DisputeStatus\x12\x16\n\x0egateway_status\x18\t \x01(\t*\x94\x01\n\rDisputeStatus\x12\x1e\n\x1a\x44ISPUTE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44ISPUTE_STATUS_OPEN\x10\x01\x12\x16\n\x12\x44ISPUTE_STATUS_WON\x10\x02\x12\x17\n\x13\x44ISPUTE_STATUS_LOST\x10\x03\x12\x19\n\x15\x44ISPUTE_STATUS_CLOSED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'refundretry.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DISPUTESTATUS']._serialized_start=4461
-  _globals['_DISPUTESTATUS']._serialized_end=4609
+  _globals['_DISPUTESTATUS']._serialized_start=4738
+  _globals['_DISPUTESTATUS']._serialized_end=4886
   _globals['_EVENT']._serialized_start=304
-  _globals['_EVENT']._serialized_end=1961
-  _globals['_PAYMENTRECORDED']._serialized_start=1963
-  _globals['_PAYMENTRECORDED']._serialized_end=2022
-  _globals['_REFUNDCREATED']._serialized_start=2024
-  _globals['_REFUNDCREATED']._serialized_end=2084
-  _globals['_REFUNDAPPROVED']._serialized_start=2086
-  _globals['_REFUNDAPPROVED']._serialized_end=2189
-  _globals['_REFUNDREJECTED']._serialized_start=2191
-  _globals['_REFUNDREJECTED']._serialized_end=2252
-  _globals['_REFUNDCANCELED']._serialized_start=2254
-  _globals['_REFUNDCANCELED']._serialized_end=2315
-  _globals['_REFUNDPROCESSING']._serialized_start=2317
-  _globals['_REFUNDPROCESSING']._serialized_end=2380
-  _globals['_REFUNDSUCCEEDED']._serialized_start=2382
-  _globals['_REFUNDSUCCEEDED']._serialized_end=2444
-  _globals['_REFUNDFAILED']._serialized_start=2446
-  _globals['_REFUNDFAILED']._serialized_end=2568
-  _globals['_REFUNDATTEMPTFAILED']._serialized_start=2571
-  _globals['_REFUNDATTEMPTFAILED']._serialized_end=2772
-  _globals['_REFUNDREQUIRESACTION']._serialized_start=2775
-  _globals['_REFUNDREQUIRESACTION']._serialized_end=2961
-  _globals['_REFUNDPOLICYUPDATED']._serialized_start=2963
-  _globals['_REFUNDPOLICYUPDATED']._serialized_end=3030
-  _globals['_RETRYSCHEDULECHANGED']._serialized_start=3032
-  _globals['_RETRYSCHEDULECHANGED']._serialized_end=3103
-  _globals['_RETRYSCHEDULED']._serialized_start=3105
-  _globals['_RETRYSCHEDULED']._serialized_end=3211
-  _globals['_RETRYATTEMPTED']._serialized_start=3214
-  _globals['_RETRYATTEMPTED']._serialized_end=3395
-  _globals['_PAYMENTRECOVERED']._serialized_start=3397
-  _globals['_PAYMENTRECOVERED']._serialized_end=3478
-  _globals['_RETRYPLANEXHAUSTED']._serialized_start=3480
-  _globals['_RETRYPLANEXHAUSTED']._serialized_end=3577
-  _globals['_RETRYPLANCHANGED']._serialized_start=3579
-  _globals['_RETRYPLANCHANGED']._serialized_end=3638
-  _globals['_DUNNINGNOTICE']._serialized_start=3641
-  _globals['_DUNNINGNOTICE']._serialized_end=3814
-  _globals['_DUNNINGEXHAUSTED']._serialized_start=3816
-  _globals['_DUNNINGEXHAUSTED']._serialized_end=3918
-  _globals['_DUNNINGFINALACTION']._serialized_start=3921
-  _globals['_DUNNINGFINALACTION']._serialized_end=4050
-  _globals['_DUNNINGCAMPAIGNCHANGED']._serialized_start=4052
-  _globals['_DUNNINGCAMPAIGNCHANGED']._serialized_end=4127
-  _globals['_DUNNINGEXCLUSIONCHANGED']._serialized_start=4129
-  _globals['_DUNNINGEXCLUSIONCHANGED']._serialized_end=4209
-  _globals['_PAYMENTDISPUTED']._serialized_start=4212
-  _globals['_PAYMENTDISPUTED']._serialized_end=4458
+  _globals['_EVENT']._serialized_end=2051
+  _globals['_PAYMENTRECORDED']._serialized_start=2053
+  _globals['_PAYMENTRECORDED']._serialized_end=2112
+  _globals['_REFUNDCREATED']._serialized_start=2114
+  _globals['_REFUNDCREATED']._serialized_end=2174
+  _globals['_REFUNDAPPROVED']._serialized_start=2176
+  _globals['_REFUNDAPPROVED']._serialized_end=2279
+  _globals['_REFUNDREJECTED']._serialized_start=2281
+  _globals['_REFUNDREJECTED']._serialized_end=2342
+  _globals['_REFUNDCANCELED']._serialized_start=2344
+  _globals['_REFUNDCANCELED']._serialized_end=2405
+  _globals['_REFUNDPROCESSING']._serialized_start=2407
+  _globals['_REFUNDPROCESSING']._serialized_end=2470
+  _globals['_REFUNDSUCCEEDED']._serialized_start=2472
+  _globals['_REFUNDSUCCEEDED']._serialized_end=2534
+  _globals['_REFUNDFAILED']._serialized_start=2536
+  _globals['_REFUNDFAILED']._serialized_end=2658
+  _globals['_REFUNDATTEMPTFAILED']._serialized_start=2661
+  _globals['_REFUNDATTEMPTFAILED']._serialized_end=2862
+  _globals['_REFUNDREQUIRESACTION']._serialized_start=2865
+  _globals['_REFUNDREQUIRESACTION']._serialized_end=3051
+  _globals['_REFUNDPOLICYUPDATED']._serialized_start=3053
+  _globals['_REFUNDPOLICYUPDATED']._serialized_end=3120
+  _globals['_RETRYSCHEDULECHANGED']._serialized_start=3122
+  _globals['_RETRYSCHEDULECHANGED']._serialized_end=3193
+  _globals['_RETRYSCHEDULED']._serialized_start=3195
+  _globals['_RETRYSCHEDULED']._serialized_end=3301
+  _globals['_RETRYATTEMPTED']._serialized_start=3304
+  _globals['_RETRYATTEMPTED']._serialized_end=3485
+  _globals['_PAYMENTRECOVERED']._serialized_start=3487
+  _globals['_PAYMENTRECOVERED']._serialized_end=3568
+  _globals['_RETRYPLANEXHAUSTED']._serialized_start=3570
+  _globals['_RETRYPLANEXHAUSTED']._serialized_end=3667
+  _globals['_RETRYPLANCHANGED']._serialized_start=3669
+  _globals['_RETRYPLANCHANGED']._serialized_end=3728
+  _globals['_DUNNINGNOTICE']._serialized_start=3731
+  _globals['_DUNNINGNOTICE']._serialized_end=3904
+  _globals['_DUNNINGEXHAUSTED']._serialized_start=3906
+  _globals['_DUNNINGEXHAUSTED']._serialized_end=4008
+  _globals['_DUNNINGFINALACTION']._serialized_start=4011
+  _globals['_DUNNINGFINALACTION']._serialized_end=4140
+  _globals['_DUNNINGCAMPAIGNCHANGED']._serialized_start=4142
+  _globals['_DUNNINGCAMPAIGNCHANGED']._serialized_end=4217
+  _globals['_DUNNINGEXCLUSIONCHANGED']._serialized_start=4219
+  _globals['_DUNNINGEXCLUSIONCHANGED']._serialized_end=4299
+  _globals['_SUBSCRIPTIONCOLLECTIONSTOPPED']._serialized_start=4302
+  _globals['_SUBSCRIPTIONCOLLECTIONSTOPPED']._serialized_end=4486
+  _globals['_PAYMENTDISPUTED']._serialized_start=4489
+  _globals['_PAYMENTDISPUTED']._serialized_end=4735
 # @@protoc_insertion_point(module_scope)

@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from refundretry.v1 import dunning_pb2 as _dunning_pb2
 from refundretry.v1 import money_pb2 as _money_pb2
@@ -96,6 +98,7 @@ class Event(_message.Message):
     DUNNING_CAMPAIGN_CHANGED_FIELD_NUMBER: _builtins.int
     DUNNING_EXCLUSION_CHANGED_FIELD_NUMBER: _builtins.int
     PAYMENT_DISPUTED_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_COLLECTION_STOPPED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id; a redelivered event keeps it."""
     type: _builtins.str
@@ -156,6 +159,8 @@ class Event(_message.Message):
     def dunning_exclusion_changed(self) -> Global___DunningExclusionChanged: ...
     @_builtins.property
     def payment_disputed(self) -> Global___PaymentDisputed: ...
+    @_builtins.property
+    def subscription_collection_stopped(self) -> Global___SubscriptionCollectionStopped: ...
     def __init__(
         self,
         *,
@@ -189,12 +194,13 @@ class Event(_message.Message):
         dunning_campaign_changed: Global___DunningCampaignChanged | None = ...,
         dunning_exclusion_changed: Global___DunningExclusionChanged | None = ...,
         payment_disputed: Global___PaymentDisputed | None = ...,
+        subscription_collection_stopped: Global___SubscriptionCollectionStopped | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dunning_campaign_changed", b"dunning_campaign_changed", "dunning_exclusion_changed", b"dunning_exclusion_changed", "dunning_exhausted", b"dunning_exhausted", "dunning_final_action", b"dunning_final_action", "dunning_notice", b"dunning_notice", "occur_time", b"occur_time", "payload", b"payload", "payment_disputed", b"payment_disputed", "payment_recorded", b"payment_recorded", "payment_recovered", b"payment_recovered", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_attempted", b"retry_attempted", "retry_plan_changed", b"retry_plan_changed", "retry_plan_exhausted", b"retry_plan_exhausted", "retry_schedule_changed", b"retry_schedule_changed", "retry_scheduled", b"retry_scheduled"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dunning_campaign_changed", b"dunning_campaign_changed", "dunning_exclusion_changed", b"dunning_exclusion_changed", "dunning_exhausted", b"dunning_exhausted", "dunning_final_action", b"dunning_final_action", "dunning_notice", b"dunning_notice", "occur_time", b"occur_time", "payload", b"payload", "payment_disputed", b"payment_disputed", "payment_recorded", b"payment_recorded", "payment_recovered", b"payment_recovered", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_attempted", b"retry_attempted", "retry_plan_changed", b"retry_plan_changed", "retry_plan_exhausted", b"retry_plan_exhausted", "retry_schedule_changed", b"retry_schedule_changed", "retry_scheduled", b"retry_scheduled", "subscription_collection_stopped", b"subscription_collection_stopped"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "correlation_id", b"correlation_id", "dunning_campaign_changed", b"dunning_campaign_changed", "dunning_exclusion_changed", b"dunning_exclusion_changed", "dunning_exhausted", b"dunning_exhausted", "dunning_final_action", b"dunning_final_action", "dunning_notice", b"dunning_notice", "event_id", b"event_id", "occur_time", b"occur_time", "payload", b"payload", "payment_disputed", b"payment_disputed", "payment_recorded", b"payment_recorded", "payment_recovered", b"payment_recovered", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_attempted", b"retry_attempted", "retry_plan_changed", b"retry_plan_changed", "retry_plan_exhausted", b"retry_plan_exhausted", "retry_schedule_changed", b"retry_schedule_changed", "retry_scheduled", b"retry_scheduled", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "correlation_id", b"correlation_id", "dunning_campaign_changed", b"dunning_campaign_changed", "dunning_exclusion_changed", b"dunning_exclusion_changed", "dunning_exhausted", b"dunning_exhausted", "dunning_final_action", b"dunning_final_action", "dunning_notice", b"dunning_notice", "event_id", b"event_id", "occur_time", b"occur_time", "payload", b"payload", "payment_disputed", b"payment_disputed", "payment_recorded", b"payment_recorded", "payment_recovered", b"payment_recovered", "refund_approved", b"refund_approved", "refund_attempt_failed", b"refund_attempt_failed", "refund_canceled", b"refund_canceled", "refund_created", b"refund_created", "refund_failed", b"refund_failed", "refund_policy_updated", b"refund_policy_updated", "refund_processing", b"refund_processing", "refund_rejected", b"refund_rejected", "refund_requires_action", b"refund_requires_action", "refund_succeeded", b"refund_succeeded", "retry_attempted", b"retry_attempted", "retry_plan_changed", b"retry_plan_changed", "retry_plan_exhausted", b"retry_plan_exhausted", "retry_schedule_changed", b"retry_schedule_changed", "retry_scheduled", b"retry_scheduled", "subscription_collection_stopped", b"subscription_collection_stopped", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_recorded", "refund_created", "refund_approved", "refund_rejected", "refund_canceled", "refund_processing", "refund_succeeded", "refund_failed", "refund_attempt_failed", "refund_policy_updated", "retry_schedule_changed", "refund_requires_action", "retry_scheduled", "retry_attempted", "payment_recovered", "retry_plan_exhausted", "retry_plan_changed", "dunning_notice", "dunning_exhausted", "dunning_final_action", "dunning_campaign_changed", "dunning_exclusion_changed", "payment_disputed"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_recorded", "refund_created", "refund_approved", "refund_rejected", "refund_canceled", "refund_processing", "refund_succeeded", "refund_failed", "refund_attempt_failed", "refund_policy_updated", "retry_schedule_changed", "refund_requires_action", "retry_scheduled", "retry_attempted", "payment_recovered", "retry_plan_exhausted", "retry_plan_changed", "dunning_notice", "dunning_exhausted", "dunning_final_action", "dunning_campaign_changed", "dunning_exclusion_changed", "payment_disputed", "subscription_collection_stopped"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -801,6 +807,51 @@ class DunningExclusionChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DunningExclusionChanged: _TypeAlias = DunningExclusionChanged  # noqa: Y015
+
+@_typing.final
+class SubscriptionCollectionStopped(_message.Message):
+    """A subscription was cancelled ("subscription.collection_stopped", once per subscription):
+    the service stops collecting its unpaid invoices. Its open retry plans were canceled in the
+    same transaction (each with its own "retry.canceled" event), and a failure of its payments
+    reported from now on starts no retries.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    CANCEL_TIME_FIELD_NUMBER: _builtins.int
+    CANCELLATION_EVENT_ID_FIELD_NUMBER: _builtins.int
+    CANCELED_PLAN_IDS_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    customer_id: _builtins.str
+    """As the cancellation named it (empty when it named none)."""
+    cancellation_event_id: _builtins.str
+    """The subscription.cancelled event that stopped collection (empty when none did)."""
+    @_builtins.property
+    def cancel_time(self) -> _timestamp_pb2.Timestamp:
+        """The cancellation's time, as its first event gave it."""
+
+    @_builtins.property
+    def canceled_plan_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The retry plans canceled, in the order they were canceled."""
+
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        cancel_time: _timestamp_pb2.Timestamp | None = ...,
+        cancellation_event_id: _builtins.str = ...,
+        canceled_plan_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_time", b"cancel_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_time", b"cancel_time", "canceled_plan_ids", b"canceled_plan_ids", "cancellation_event_id", b"cancellation_event_id", "customer_id", b"customer_id", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscriptionCollectionStopped: _TypeAlias = SubscriptionCollectionStopped  # noqa: Y015
 
 @_typing.final
 class PaymentDisputed(_message.Message):
