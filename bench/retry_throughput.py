@@ -782,7 +782,9 @@ async def per_call_costs(db: Database, tag: str) -> dict[str, Any]:
     event = events_pb2.Event(event_id=str(uuid.uuid4()), type="retry.attempted")
     event.retry_attempted.CopyFrom(
         events_pb2.RetryAttempted(
-            plan=state, attempt=convert.payment_attempt(attempt_row), will_retry=True
+            plan=state,
+            attempt=convert.payment_attempt(attempt_row, plan_row["currency"]),
+            will_retry=True,
         )
     )
     full = convert.retry_plan(row)

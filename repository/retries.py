@@ -37,6 +37,7 @@ async def insert_plan(
     time_zone: str,
     first_failed_at: datetime,
     metadata: dict[str, str],
+    amount_paid: int = 0,
 ) -> None:
     await conn.execute(
         Q["insert_plan"],
@@ -52,6 +53,7 @@ async def insert_plan(
         time_zone,
         first_failed_at,
         metadata,
+        amount_paid,
     )
 
 
@@ -88,6 +90,7 @@ class NewAttempt:
     local_hour: int
     day_of_month: int
     days_since_failure: int
+    amount: int  # minor units of the plan's currency: what the attempt charges (charged)
     retry_of_class: str = ""
     decline_code: str = ""
     visa_response_code: str = ""
@@ -120,6 +123,7 @@ async def insert_attempt(conn: Connection, attempt: NewAttempt) -> uuid.UUID:
         attempt.local_hour,
         attempt.day_of_month,
         attempt.days_since_failure,
+        attempt.amount,
     )
     return attempt_id
 
@@ -257,10 +261,22 @@ async def cancellation(conn: Connection, subscription_id: str) -> asyncpg.Record
     return await conn.fetchrow(Q["cancellation"], subscription_id)
 
 
-async def paid_already(conn: Connection, payment_id: str, billing_event_id: str) -> str | None:
-    """How the payment (or its billing event) was paid already, in words; None if it was not."""
-    how = await conn.fetchval(Q["paid_already"], payment_id, billing_event_id)
+async def recovered_already(conn: Connection, payment_id: str, billing_event_id: str) -> str | None:
+    """How a retry plan of the payment (or its billing event) recovered it, in words; None if
+    none did."""
+    how = await conn.fetchval(Q["recovered_already"], payment_id, billing_event_id)
     return None if how is None else str(how)
+
+
+async def payments_of(
+    conn: Connection, payment_id: str, billing_event_id: str
+) -> list[asyncpg.Record]:
+    """The payments recorded with the failed payment's id or its billing event, oldest first."""
+    return await conn.fetch(Q["payments_of"], payment_id, billing_event_id)
+
+
+async def add_paid(conn: Connection, plan_id: uuid.UUID, minor_units: int) -> None:
+    await conn.execute(Q["add_paid"], plan_id, minor_units)
 
 
 async def claim_due(
@@ -380,6 +396,7 @@ async def open_attempts(
         [a.local_hour for a in attempts],
         [a.day_of_month for a in attempts],
         [a.days_since_failure for a in attempts],
+        [a.amount for a in attempts],
         list(lease),
         worker,
         lease_seconds,

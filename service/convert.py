@@ -215,6 +215,8 @@ def retry_plan_state(row: Row, methods: Sequence[Row]) -> retry_plan_pb2.RetryPl
         customer_id=row["customer_id"],
         subscription_id=row["subscription_id"],
         amount=money(row["currency"], row["amount"]),
+        amount_paid=money(row["currency"], row["amount_paid"]),
+        amount_due=money(row["currency"], row["amount"] - row["amount_paid"]),
         gateway=row["gateway"],
         retry_schedule_code=row["schedule_code"],
         time_zone=row["time_zone"],
@@ -251,7 +253,7 @@ def retry_plan(row: Row) -> retry_plan_pb2.RetryPlan:
         )
         for s in row["dunning_steps"]
     )
-    plan.attempts.extend(payment_attempt(a) for a in row["attempts"])
+    plan.attempts.extend(payment_attempt(a, row["currency"]) for a in row["attempts"])
     plan.decisions.extend(retry_decision(d) for d in row["decisions"])
     return plan
 
@@ -279,7 +281,9 @@ def event_plan(plan: retry_plan_pb2.RetryPlan) -> retry_plan_pb2.RetryPlan:
     return out
 
 
-def payment_attempt(a: Row) -> retry_plan_pb2.PaymentAttempt:
+def payment_attempt(a: Row, currency: str) -> retry_plan_pb2.PaymentAttempt:
+    """An attempt row (its plan's ``currency``: the row has none of its own)."""
+    amount = a["amount"]
     return retry_plan_pb2.PaymentAttempt(
         attempt_number=a["attempt_number"],
         source=_enum(retry_plan_pb2.AttemptSource, "ATTEMPT_SOURCE", a["source"]),
@@ -296,6 +300,7 @@ def payment_attempt(a: Row) -> retry_plan_pb2.PaymentAttempt:
         gateway_charge_id=a["gateway_charge_id"],
         idempotency_key=a["idempotency_key"],
         message=a["message"],
+        amount=None if amount is None else money(currency, amount),
     )
 
 

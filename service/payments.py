@@ -158,6 +158,7 @@ async def record_payment(
             conn,
             payment_id=cmd.payment_id,
             billing_event_id=cmd.billing_event_id,
+            paid=cmd.captured,
             actor=principal.name,
         )
         row, item_rows = await load(conn, cmd.payment_id)

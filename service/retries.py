@@ -411,6 +411,36 @@ async def view(conn: Connection, plan_id: uuid.UUID) -> asyncpg.Record:
     return row
 
 
+async def _paid_before(conn: Connection, cmd: RecordFailure) -> int:
+    """What payments recorded before the failure was reported paid of it (a payment.failed can
+    be handled after the payment.succeeded of the same invoice: the queues are consumed
+    independently). A new plan collects only the rest. Raises AlreadyPaid when nothing is
+    left to collect (retrying would charge the customer twice), or when a payment of it is in
+    another currency (the amounts cannot be compared: a person must look)."""
+
+    def paid_already(how: str) -> AlreadyPaid:
+        return AlreadyPaid(
+            f"payment {cmd.payment_id!r} is paid already ({how}): a failure reported after "
+            "that starts no retries"
+        )
+
+    recovered = await retries.recovered_already(conn, cmd.payment_id, cmd.billing_event_id)
+    if recovered is not None:
+        raise paid_already(recovered)
+    paid = 0
+    for row in await retries.payments_of(conn, cmd.payment_id, cmd.billing_event_id):
+        how = (
+            f"payment {row['payment_id']} was recorded as captured at "
+            f"{row['captured_at'].isoformat()}, {Money(row['currency'], row['captured_amount'])}"
+        )
+        if row["currency"] != cmd.amount.currency:
+            raise paid_already(f"{how}, not in {cmd.amount.currency}: check it")
+        paid += row["captured_amount"]
+        if paid >= cmd.amount.minor_units:
+            raise paid_already(how)
+    return paid
+
+
 def _same_payment(plan: asyncpg.Record, cmd: RecordFailure) -> None:
     """Another failure of a payment with an open plan must describe the same payment: its
     amount, customer and gateway (the plan charges its customer's methods through its
@@ -466,12 +496,7 @@ async def record_payment_failure(
             # A payment.failed handled after the payment.succeeded that settled it (the two
             # queues are consumed independently), or a late duplicate: retrying would charge
             # the customer twice.
-            paid = await retries.paid_already(conn, cmd.payment_id, cmd.billing_event_id)
-            if paid is not None:
-                raise AlreadyPaid(
-                    f"payment {cmd.payment_id!r} is paid already ({paid}): a failure reported "
-                    "after that starts no retries"
-                )
+            amount_paid = await _paid_before(conn, cmd)
             if cmd.subscription_id:
                 cancelled = await retries.cancellation(conn, cmd.subscription_id)
                 if cancelled is not None:
@@ -496,6 +521,7 @@ async def record_payment_failure(
                 time_zone=cmd.time_zone,
                 first_failed_at=cmd.failed_at,
                 metadata=cmd.metadata,
+                amount_paid=amount_paid,
             )
             plan = await retries.lock(conn, new_plan_id)
             assert plan is not None
@@ -535,6 +561,7 @@ async def record_payment_failure(
                 local_hour=hour,
                 day_of_month=day,
                 days_since_failure=days,
+                amount=cmd.amount.minor_units,  # the same as the plan's (_same_payment)
                 decline_code=cmd.decline.code,
                 visa_response_code=cmd.decline.visa_response_code,
                 mc_advice_code=cmd.decline.mc_advice_code,
@@ -826,36 +853,106 @@ async def cancel_for_subscription(
                 f"customer {plan['customer_id']!r}, not {customer_id!r}",
             )
     for plan in plans:
-        plan_id = plan["plan_id"]
-        current = PlanStatus(plan["status"])
         reason = await _ending_reason(
             conn,
             plan,
             f"subscription {subscription_id} was cancelled (cancel time "
             f"{cancelled_at.isoformat()}): its unpaid invoices are not collected any more",
         )
-        if not await retries.set_status(conn, plan_id, PlanStatus.CANCELED, [current], reason):
-            continue
-        await _announce_status(
+        moved = await _move_and_announce(
             conn,
-            plan_id,
+            plan,
             PlanStatus.CANCELED,
+            reason,
             actor=actor,
-            data={"from": current.value, "reason": reason, "subscription_id": subscription_id},
+            data={"subscription_id": subscription_id},
         )
-        canceled.append(plan_id)
+        if moved:
+            canceled.append(plan["plan_id"])
     return canceled
 
 
+async def _move_and_announce(
+    conn: Connection,
+    plan: asyncpg.Record,
+    target: PlanStatus,
+    reason: str,
+    *,
+    actor: str,
+    data: dict[str, Any],
+) -> bool:
+    """Move a locked ``plan`` from its status to ``target`` because of something outside it (a
+    cancellation, a payment), with its event and audit row (``data`` beside the status it
+    left and the reason). False, and nothing written, when it had left that status."""
+    current = PlanStatus(plan["status"])
+    if not await retries.set_status(conn, plan["plan_id"], target, [current], reason):
+        return False
+    await _announce_status(
+        conn,
+        plan["plan_id"],
+        target,
+        actor=actor,
+        data={"from": current.value, "reason": reason, **data},
+    )
+    return True
+
+
 async def recover_by_payment(
-    conn: Connection, *, payment_id: str, billing_event_id: str, actor: str
+    conn: Connection,
+    *,
+    payment_id: str,
+    billing_event_id: str,
+    paid: Money,
+    actor: str,
 ) -> list[uuid.UUID]:
-    """The customer paid another way: open plans of that payment (or billing event) are
-    RECOVERED. Runs inside the caller's transaction (RecordPayment, payment.succeeded)."""
+    """The customer paid another way (RecordPayment, payment.succeeded): each open plan of that
+    payment (or billing event: plans of one invoice are the same debt) counts ``paid`` against
+    what it has left to collect. Paid in full (or more): RECOVERED. Paid in part: the plan
+    goes on collecting the rest (``retry.partially_paid``). Paid in another currency: the
+    amounts cannot be compared, so the plan is PAUSED for a person, never charged again on a
+    guess. Runs inside the caller's transaction. Returns the plans recovered."""
     recovered = []
     for plan in await retries.open_plans_for(conn, payment_id, billing_event_id):
         plan_id = plan["plan_id"]
-        reason = await _ending_reason(conn, plan, f"paid by payment {payment_id}")
+        due = Money(plan["currency"], plan["amount"] - plan["amount_paid"])
+        if paid.currency != due.currency:
+            reason = (
+                f"payment {payment_id} paid {paid}, and {due} is due: the currencies differ, so "
+                "the service cannot tell whether the invoice is paid; check, then resume or "
+                "cancel the plan"
+            )
+            log.warning(
+                "retry plan %s paused: %s",
+                plan_id,
+                reason,
+                extra={"action": "retry.payment_in_other_currency", "plan_id": str(plan_id)},
+            )
+            await _move_and_announce(
+                conn, plan, PlanStatus.PAUSED, reason, actor=actor, data={"payment_id": payment_id}
+            )
+            continue
+        if paid.minor_units < due.minor_units:
+            await retries.add_paid(conn, plan_id, paid.minor_units)
+            row = await view(conn, plan_id)
+            left = Money(row["currency"], row["amount"] - row["amount_paid"])
+            await changes.record(
+                conn,
+                actor=actor,
+                action="retry.partially_paid",
+                entity_type="retry_plan",
+                entity_id=str(plan_id),
+                data={"payment_id": payment_id, "paid": paid.minor_units, "due": left.minor_units},
+                event_field="retry_plan_changed",
+                event_payload=events_pb2.RetryPlanChanged(
+                    plan=convert.retry_plan_state(row, row["methods"])
+                ),
+            )
+            continue
+        said = f"paid by payment {payment_id}"
+        if paid.minor_units > due.minor_units:
+            said += f" ({paid}, {Money(paid.currency, paid.minor_units - due.minor_units)} more "
+            said += f"than the {due} due)"
+        reason = await _ending_reason(conn, plan, said)
         moved = await retries.set_status(
             conn,
             plan_id,

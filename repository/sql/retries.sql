@@ -1,11 +1,11 @@
 -- name: insert_plan
 -- The plan, and for a plan of a subscription its subscription_plan row (what a cancellation
--- finds it by).
+-- finds it by). $13: what payments recorded before the failure paid of it.
 WITH plan AS (
     INSERT INTO retry_plan (plan_id, payment_id, billing_event_id, customer_id, subscription_id,
                             currency, amount, gateway, schedule_code, time_zone, status,
-                            first_failed_at, metadata)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'ACTIVE', $11, $12)
+                            first_failed_at, metadata, amount_paid)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'ACTIVE', $11, $12, $13)
     RETURNING plan_id, subscription_id
 )
 INSERT INTO subscription_plan (subscription_id, plan_id)
@@ -32,8 +32,9 @@ INSERT INTO payment_attempt (attempt_id, plan_id, attempt_number, source, attemp
                              payment_method_id, network, outcome, decline_code,
                              visa_response_code, mc_advice_code, decline_class, retry_of_class,
                              gateway_charge_id, idempotency_key, message, local_hour,
-                             day_of_month, days_since_failure)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19);
+                             day_of_month, days_since_failure, amount)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+        $20);
 
 -- name: next_attempt_number
 -- Attempt numbers (and so idempotency keys) never repeat, even when an attempt that never
@@ -125,21 +126,31 @@ SELECT * FROM subscription_cancellation WHERE subscription_id = $1;
 SELECT * FROM retry_plan
  WHERE status IN ('ACTIVE', 'PAUSED')
    AND (payment_id = $1 OR ($2 <> '' AND billing_event_id = $2))
+ ORDER BY plan_id
    FOR UPDATE;
 
--- name: paid_already
--- How the failed payment $1 (billing event $2, '' for none) was paid already, if it was: a
--- payment recorded with that id or billing event, or a plan of it recovered by a retry.
-(SELECT 'payment ' || payment_id || ' was recorded as captured at ' || captured_at AS how
-   FROM payment
-  WHERE payment_id = $1 OR ($2 <> '' AND billing_event_id = $2)
-  ORDER BY captured_at LIMIT 1)
-UNION ALL
-(SELECT 'retry plan ' || plan_id || ' recovered it at ' || updated_at
-   FROM retry_plan
-  WHERE status = 'RECOVERED' AND (payment_id = $1 OR ($2 <> '' AND billing_event_id = $2))
-  ORDER BY updated_at LIMIT 1)
-LIMIT 1;
+-- name: add_paid
+-- A payment paid $2 of the plan's amount, not all that was left (the plan goes on collecting
+-- the rest).
+UPDATE retry_plan SET amount_paid = amount_paid + $2, updated_at = now()
+ WHERE plan_id = $1;
+
+-- name: recovered_already
+-- A plan of the failed payment $1 (billing event $2, '' for none) that a retry recovered, in
+-- words; nothing when there is none.
+SELECT 'retry plan ' || plan_id || ' recovered it at ' || updated_at
+  FROM retry_plan
+ WHERE status = 'RECOVERED' AND (payment_id = $1 OR ($2 <> '' AND billing_event_id = $2))
+ ORDER BY updated_at
+ LIMIT 1;
+
+-- name: payments_of
+-- The payments recorded with the failed payment's id $1 or its billing event $2 ('' for none),
+-- oldest first: what they paid of it.
+SELECT payment_id, currency, captured_amount, captured_at
+  FROM payment
+ WHERE payment_id = $1 OR ($2 <> '' AND billing_event_id = $2)
+ ORDER BY captured_at, payment_id;
 
 -- name: claim_due
 -- The plans a chunk of the billing job attempts, claimed by the chunk's open transaction: up
@@ -243,7 +254,8 @@ SELECT * FROM retry_schedule WHERE code = ANY($1::text[]);
 
 -- name: attempt_facts
 -- Per plan: the next attempt number, the class of the latest decline, and the attempt a
--- worker that died left open (replayed with its key). Two index probes per plan on
+-- worker that died left open (replayed with its key, for its amount: NULL for an attempt
+-- written before migration 0014, which charged the plan's amount). Two index probes per plan on
 -- (plan_id, attempt_number), walked backwards from the latest attempt: the cost grows with
 -- the chunk, never with the chunk squared (a join of the plans' aggregates back to their
 -- attempts did, as a nested loop with a join filter, in the generic plan).
@@ -254,7 +266,7 @@ SELECT p.plan_id,
                   ORDER BY d.attempt_number DESC LIMIT 1), '') AS last_class,
        CASE WHEN l.outcome IN ('OPEN', 'UNKNOWN') THEN l.attempt_id END AS open_attempt_id,
        l.attempt_number, l.source, l.payment_method_id, l.network, l.retry_of_class,
-       l.attempted_at, l.gateway_charge_id
+       l.attempted_at, l.gateway_charge_id, l.amount
   FROM (SELECT DISTINCT unnest($1::uuid[]) AS plan_id) p
   JOIN LATERAL (SELECT * FROM payment_attempt a WHERE a.plan_id = p.plan_id
                  ORDER BY a.attempt_number DESC LIMIT 1) l ON true
@@ -287,26 +299,27 @@ SELECT w.plan_id FROM wanted w
                   AND a.plan_id <> w.plan_id AND p.status IN ('ACTIVE', 'PAUSED'));
 
 -- name: open_attempts
--- The OPEN attempts of a chunk ($1-$13, one element per attempt), and the leases of the plans
--- the chunk goes on with ($14: those attempted now, and those it attempts after another
--- plan's outcome on their card) for worker $15 for $16 seconds. A plan with a new attempt
+-- The OPEN attempts of a chunk ($1-$14, one element per attempt), and the leases of the plans
+-- the chunk goes on with ($15: those attempted now, and those it attempts after another
+-- plan's outcome on their card) for worker $16 for $17 seconds. A plan with a new attempt
 -- counts it at once: attempt_count counts the attempts that reach the issuer (recording a
 -- NOT_ATTEMPTED gives it back).
 WITH added AS (
     INSERT INTO payment_attempt (attempt_id, plan_id, attempt_number, source, attempted_at,
                                  payment_method_id, network, outcome, idempotency_key,
-                                 retry_of_class, local_hour, day_of_month, days_since_failure)
+                                 retry_of_class, local_hour, day_of_month, days_since_failure,
+                                 amount)
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::timestamptz[],
                          $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                         $11::int[], $12::int[], $13::int[])
+                         $11::int[], $12::int[], $13::int[], $14::bigint[])
     RETURNING plan_id
 )
 UPDATE retry_plan p
-   SET lease_owner = $15, lease_expires_at = now() + make_interval(secs => $16),
+   SET lease_owner = $16, lease_expires_at = now() + make_interval(secs => $17),
        attempt_count = p.attempt_count + CASE WHEN a.plan_id IS NULL THEN 0 ELSE 1 END,
        waiting_for_method = CASE WHEN a.plan_id IS NULL THEN p.waiting_for_method ELSE false END,
        updated_at = CASE WHEN a.plan_id IS NULL THEN p.updated_at ELSE now() END
-  FROM unnest($14::uuid[]) AS l(plan_id)
+  FROM unnest($15::uuid[]) AS l(plan_id)
   LEFT JOIN added a ON a.plan_id = l.plan_id
  WHERE p.plan_id = l.plan_id;
 

@@ -564,6 +564,9 @@ class RetryJob:
                     attempt_id, retry_of = fact["open_attempt_id"], fact["retry_of_class"]
                     started_at, charge_id = fact["attempted_at"], fact["gateway_charge_id"]
                     opened_by, network = fact["source"], fact["network"]
+                    # The same key charges the same amount, whatever was paid meanwhile (an
+                    # attempt from before migration 0014 charged the plan's amount).
+                    amount = fact["amount"] or plan["amount"]
                     replayed = True
                 else:
                     wallet = wallets[plan_id]
@@ -607,6 +610,7 @@ class RetryJob:
                     retry_of = fact["last_class"] if fact is not None else ""
                     method_id, started_at, charge_id = method.payment_method_id, now, ""
                     opened_by, network = source, method.network.value
+                    amount = plan["amount"] - plan["amount_paid"]  # what is left to collect
                     replayed = False
                     hour, day, days = slot_of(
                         now, ZoneInfo(plan["time_zone"]), plan["first_failed_at"]
@@ -624,6 +628,7 @@ class RetryJob:
                             local_hour=hour,
                             day_of_month=day,
                             days_since_failure=days,
+                            amount=amount,
                             retry_of_class=retry_of,
                         )
                     )
@@ -633,7 +638,7 @@ class RetryJob:
                     plan_id=str(plan_id),
                     customer_id=plan["customer_id"],
                     payment_method=method_id,
-                    amount=Money(plan["currency"], plan["amount"]),
+                    amount=Money(plan["currency"], amount),
                     idempotency_key=idempotency_key(plan_id, number),
                     attempt=number,
                     metadata=plan["metadata"],
@@ -816,7 +821,7 @@ class RetryJob:
             return
         if outcome.kind is OutcomeKind.SUCCEEDED:
             check_plan_transition(PlanStatus(status), PlanStatus.RECOVERED)
-            move(PlanStatus.RECOVERED.value, f"attempt {number} succeeded", None)
+            move(PlanStatus.RECOVERED.value, _succeeded(attempt, plan), None)
             w.results[plan_id] = "recovered"
             return
         if outcome.kind is OutcomeKind.NOT_ATTEMPTED and outcome.retryable:
@@ -866,6 +871,34 @@ class RetryJob:
             Action.WAIT_FOR_PAYMENT_METHOD: "waiting_for_customer",
             Action.STOP: "exhausted",
         }[decision.action]
+
+
+def _succeeded(attempt: _Attempt, plan: asyncpg.Record) -> str:
+    """The status reason of a plan its attempt recovered. A payment recorded while the attempt
+    was being charged may have paid part of what it charged: the customer paid the difference
+    twice, and a person must refund it (logged as an error, and said in the reason)."""
+    number, charged = attempt.request.attempt, attempt.request.amount
+    due = plan["amount"] - plan["amount_paid"]
+    if charged.minor_units <= due:
+        return f"attempt {number} succeeded"
+    over = Money(charged.currency, charged.minor_units - due)
+    log.error(
+        "retry plan %s: attempt %d charged %s, %s more than is due after the payments recorded "
+        "while it was being charged; refund the difference",
+        attempt.plan_id,
+        number,
+        charged,
+        over,
+        extra={
+            "action": "retry_job.overpaid",
+            "plan_id": str(attempt.plan_id),
+            "idempotency_key": attempt.request.idempotency_key,
+        },
+    )
+    return (
+        f"attempt {number} succeeded, charging {charged}: {over} more than was left due after "
+        "payments recorded meanwhile; refund the difference"
+    )
 
 
 def _declined(outcome: ChargeOutcome) -> tuple[Decline, Classification]:
@@ -1003,7 +1036,9 @@ async def _attempted(
             "decline_class": finished.decline_class,
             "gateway_charge_id": finished.gateway_charge_id,
             "message": finished.message,
-        }
+            "amount": attempt.request.amount.minor_units,
+        },
+        attempt.request.amount.currency,
     )
     await changes.record(
         conn,

@@ -68,6 +68,7 @@ async def test_migrate_applies_every_migration_once(empty_database: str) -> None
         (11, "paid_payments"),
         (12, "subscription_cancellations"),
         (13, "plan_fillfactor"),
+        (14, "partial_payments"),
     ]
     assert [(v, n) for v, n, _ in migrations()] == rows
 

@@ -358,7 +358,8 @@ async def test_a_plan_paid_while_its_attempt_is_charged_records_that_attempt(
     plan = (await record(client, failure(outcome="succeed"))).plan
 
     async def pay_meanwhile(request: ChargeRequest, outcome: ChargeOutcome) -> None:
-        await b.record_payment(client, payment_id=plan.payment_id)
+        # The invoice's amount exactly (failure()'s 25.00 USD).
+        await b.record_payment(client, payment_id=plan.payment_id, items=[("plan", 2500, 0)])
 
     job = retry_job(client, db, after_charge=pay_meanwhile)
     summary = await job.run(due_by=datetime.now(UTC) + timedelta(minutes=2))

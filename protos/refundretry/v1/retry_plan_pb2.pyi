@@ -234,6 +234,7 @@ class PaymentAttempt(_message.Message):
     GATEWAY_CHARGE_ID_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
     attempt_number: _builtins.int
     source: Global___AttemptSource.ValueType
     payment_method_id: _builtins.str
@@ -247,6 +248,13 @@ class PaymentAttempt(_message.Message):
     def attempt_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def decline(self) -> Global___Decline: ...
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money:
+        """What the attempt charged (for the FAILURE attempt, the failed payment's amount): the
+        plan's amount less what payments had paid of it when the attempt opened. Unset for
+        attempts recorded before the service kept it (they charged the plan's amount).
+        """
+
     def __init__(
         self,
         *,
@@ -261,10 +269,11 @@ class PaymentAttempt(_message.Message):
         gateway_charge_id: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
         message: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_time", b"attempt_time", "decline", b"decline"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attempt_time", b"attempt_time", "decline", b"decline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_number", b"attempt_number", "attempt_time", b"attempt_time", "decline", b"decline", "decline_class", b"decline_class", "gateway_charge_id", b"gateway_charge_id", "idempotency_key", b"idempotency_key", "message", b"message", "network", b"network", "outcome", b"outcome", "payment_method_id", b"payment_method_id", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attempt_number", b"attempt_number", "attempt_time", b"attempt_time", "decline", b"decline", "decline_class", b"decline_class", "gateway_charge_id", b"gateway_charge_id", "idempotency_key", b"idempotency_key", "message", b"message", "network", b"network", "outcome", b"outcome", "payment_method_id", b"payment_method_id", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -370,6 +379,8 @@ class RetryPlan(_message.Message):
     DUNNING_CAMPAIGN_CODE_FIELD_NUMBER: _builtins.int
     DUNNING_EXCLUDED_FIELD_NUMBER: _builtins.int
     DUNNING_STEPS_FIELD_NUMBER: _builtins.int
+    AMOUNT_PAID_FIELD_NUMBER: _builtins.int
+    AMOUNT_DUE_FIELD_NUMBER: _builtins.int
     plan_id: _builtins.str
     payment_id: _builtins.str
     """The failed payment's id in the billing system."""
@@ -391,7 +402,9 @@ class RetryPlan(_message.Message):
     dunning_excluded: _builtins.bool
     """The customer is excluded from dunning: no notices and no final action."""
     @_builtins.property
-    def amount(self) -> _money_pb2.Money: ...
+    def amount(self) -> _money_pb2.Money:
+        """The failed payment's amount."""
+
     @_builtins.property
     def next_attempt_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -412,6 +425,16 @@ class RetryPlan(_message.Message):
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def dunning_steps(self) -> _containers.RepeatedCompositeFieldContainer[_dunning_pb2.DunningStepRun]: ...
+    @_builtins.property
+    def amount_paid(self) -> _money_pb2.Money:
+        """What payments recorded for the failed payment or its billing event (RecordPayment,
+        payment.succeeded) have paid of `amount` so far, in its currency.
+        """
+
+    @_builtins.property
+    def amount_due(self) -> _money_pb2.Money:
+        """What the plan still collects: `amount` less `amount_paid`. The next attempt charges it."""
+
     def __init__(
         self,
         *,
@@ -440,10 +463,12 @@ class RetryPlan(_message.Message):
         dunning_campaign_code: _builtins.str = ...,
         dunning_excluded: _builtins.bool = ...,
         dunning_steps: _abc.Iterable[_dunning_pb2.DunningStepRun] | None = ...,
+        amount_paid: _money_pb2.Money | None = ...,
+        amount_due: _money_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "first_failure_time", b"first_failure_time", "next_attempt_time", b"next_attempt_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "amount_due", b"amount_due", "amount_paid", b"amount_paid", "create_time", b"create_time", "first_failure_time", b"first_failure_time", "next_attempt_time", b"next_attempt_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attempt_count", b"attempt_count", "attempts", b"attempts", "billing_event_id", b"billing_event_id", "create_time", b"create_time", "current_method_index", b"current_method_index", "customer_id", b"customer_id", "decisions", b"decisions", "dunning_campaign_code", b"dunning_campaign_code", "dunning_excluded", b"dunning_excluded", "dunning_steps", b"dunning_steps", "first_failure_time", b"first_failure_time", "gateway", b"gateway", "metadata", b"metadata", "next_attempt_time", b"next_attempt_time", "payment_id", b"payment_id", "payment_methods", b"payment_methods", "plan_id", b"plan_id", "retry_schedule_code", b"retry_schedule_code", "status", b"status", "status_reason", b"status_reason", "subscription_id", b"subscription_id", "time_zone", b"time_zone", "update_time", b"update_time", "waiting_for_payment_method", b"waiting_for_payment_method"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "amount_due", b"amount_due", "amount_paid", b"amount_paid", "attempt_count", b"attempt_count", "attempts", b"attempts", "billing_event_id", b"billing_event_id", "create_time", b"create_time", "current_method_index", b"current_method_index", "customer_id", b"customer_id", "decisions", b"decisions", "dunning_campaign_code", b"dunning_campaign_code", "dunning_excluded", b"dunning_excluded", "dunning_steps", b"dunning_steps", "first_failure_time", b"first_failure_time", "gateway", b"gateway", "metadata", b"metadata", "next_attempt_time", b"next_attempt_time", "payment_id", b"payment_id", "payment_methods", b"payment_methods", "plan_id", b"plan_id", "retry_schedule_code", b"retry_schedule_code", "status", b"status", "status_reason", b"status_reason", "subscription_id", b"subscription_id", "time_zone", b"time_zone", "update_time", b"update_time", "waiting_for_payment_method", b"waiting_for_payment_method"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
