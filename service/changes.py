@@ -83,17 +83,16 @@ async def record(
     then the audit row. The event also records the customer, payment and subscription its
     payload names (``service.outbox.subjects``), for WatchEvents' filters. Inside a unit of
     work both are written right before COMMIT."""
-    occurred = convert.ts(datetime.now(UTC))
     event_id = uuid7()
     event = events_pb2.Event(
         event_id=str(event_id),
         type=action,
-        occur_time=occurred,
         aggregate_type=entity_type,
         aggregate_id=entity_id,
         actor=actor,
         correlation_id=correlation.current(),
     )
+    convert.set_ts(event.occur_time, datetime.now(UTC))
     getattr(event, event_field).CopyFrom(event_payload)
     about = subjects.of_payload(event_payload)
     await journal.add_outbox(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -39,12 +40,30 @@ def ts(value: datetime | str | None) -> Timestamp | None:
     carries several."""
     if value is None:
         return None
+    out = Timestamp()
+    set_ts(out, value)
+    return out
+
+
+def set_ts(target: Timestamp, value: datetime | str | None) -> None:
+    """``ts(value)`` written into ``target``, a message's Timestamp field, in place (nothing for
+    None): half the cost of a Timestamp made apart and copied in by the message's constructor,
+    which the billing job paid a dozen times per attempt."""
+    if value is None:
+        return
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     seconds, micros = divmod((value - _EPOCH) // _MICROSECOND, 1_000_000)
-    return Timestamp(seconds=seconds, nanos=micros * 1000)
+    target.seconds = seconds  # set, even to 0: the field is present
+    target.nanos = micros * 1000
+
+
+def _set_money(target: money_pb2.Money, currency: str, minor_units: int) -> None:
+    """``money(...)`` written into ``target``, a message's Money field, in place."""
+    target.currency_code = currency
+    target.minor_units = minor_units
 
 
 def duration(value: timedelta) -> Duration:
@@ -197,6 +216,7 @@ def audit_event(row: Row) -> audit_pb2.AuditEvent:
     )
 
 
+@functools.cache
 def _enum(enum: Any, prefix: str, value: str) -> Any:
     """The protobuf enum value named ``<prefix>_<value>`` (0, unspecified, for "")."""
     return enum.Value(f"{prefix}_{value}") if value else 0
@@ -205,8 +225,9 @@ def _enum(enum: Any, prefix: str, value: str) -> Any:
 def retry_plan_state(row: Row, methods: Sequence[Row]) -> retry_plan_pb2.RetryPlan:
     """The plan as it is now, without its history (attempts, decisions, dunning steps): what
     every retry event carries, from a ``retry_plan`` row and its wallet rows. An event names
-    the attempt or decision it is about in its own fields; GetRetryPlan gives the history."""
-    return retry_plan_pb2.RetryPlan(
+    the attempt or decision it is about in its own fields; GetRetryPlan gives the history.
+    Message fields are written in place (``set_ts``): the billing job builds one per attempt."""
+    plan = retry_plan_pb2.RetryPlan(
         dunning_campaign_code=row["campaign_code"] or "",
         dunning_excluded=row["dunning_excluded"],
         plan_id=str(row["plan_id"]),
@@ -214,29 +235,28 @@ def retry_plan_state(row: Row, methods: Sequence[Row]) -> retry_plan_pb2.RetryPl
         billing_event_id=row["billing_event_id"],
         customer_id=row["customer_id"],
         subscription_id=row["subscription_id"],
-        amount=money(row["currency"], row["amount"]),
-        amount_paid=money(row["currency"], row["amount_paid"]),
-        amount_due=money(row["currency"], row["amount"] - row["amount_paid"]),
         gateway=row["gateway"],
         retry_schedule_code=row["schedule_code"],
         time_zone=row["time_zone"],
         status=_enum(retry_plan_pb2.RetryPlanStatus, "RETRY_PLAN_STATUS", row["status"]),
         status_reason=row["status_reason"],
         attempt_count=row["attempt_count"],
-        next_attempt_time=ts(row["next_attempt_at"]),
         current_method_index=row["method_index"],
         waiting_for_payment_method=row["waiting_for_method"],
-        first_failure_time=ts(row["first_failed_at"]),
-        create_time=ts(row["created_at"]),
-        update_time=ts(row["updated_at"]),
         metadata=row["metadata"],
-        payment_methods=[
-            retry_plan_pb2.PaymentMethod(
-                payment_method_id=m["payment_method_id"], network=m["network"]
-            )
-            for m in methods
-        ],
     )
+    currency, amount, paid = row["currency"], row["amount"], row["amount_paid"]
+    _set_money(plan.amount, currency, amount)
+    _set_money(plan.amount_paid, currency, paid)
+    _set_money(plan.amount_due, currency, amount - paid)
+    set_ts(plan.next_attempt_time, row["next_attempt_at"])
+    set_ts(plan.first_failure_time, row["first_failed_at"])
+    set_ts(plan.create_time, row["created_at"])
+    set_ts(plan.update_time, row["updated_at"])
+    add_method = plan.payment_methods.add
+    for m in methods:
+        add_method(payment_method_id=m["payment_method_id"], network=m["network"])
+    return plan
 
 
 def retry_plan(row: Row) -> retry_plan_pb2.RetryPlan:
@@ -261,13 +281,13 @@ def retry_plan(row: Row) -> retry_plan_pb2.RetryPlan:
 def retry_decision(d: Row) -> retry_plan_pb2.RetryDecision:
     decision = retry_plan_pb2.RetryDecision(
         sequence=d["sequence"],
-        decide_time=ts(d["decided_at"]),
         action=_enum(retry_plan_pb2.DecisionAction, "DECISION_ACTION", d["action"]),
-        next_attempt_time=ts(d["next_attempt_at"]),
         payment_method_id=d["payment_method_id"],
         reason=d["reason"],
         rule_ids=d["rule_ids"],
     )
+    set_ts(decision.decide_time, d["decided_at"])
+    set_ts(decision.next_attempt_time, d["next_attempt_at"])
     decision.data.update(d["data"])
     return decision
 
@@ -283,25 +303,25 @@ def event_plan(plan: retry_plan_pb2.RetryPlan) -> retry_plan_pb2.RetryPlan:
 
 def payment_attempt(a: Row, currency: str) -> retry_plan_pb2.PaymentAttempt:
     """An attempt row (its plan's ``currency``: the row has none of its own)."""
-    amount = a["amount"]
-    return retry_plan_pb2.PaymentAttempt(
+    attempt = retry_plan_pb2.PaymentAttempt(
         attempt_number=a["attempt_number"],
         source=_enum(retry_plan_pb2.AttemptSource, "ATTEMPT_SOURCE", a["source"]),
-        attempt_time=ts(a["attempted_at"]),
         payment_method_id=a["payment_method_id"],
         network=a["network"],
         outcome=_enum(retry_plan_pb2.AttemptOutcome, "ATTEMPT_OUTCOME", a["outcome"]),
-        decline=retry_plan_pb2.Decline(
-            decline_code=a["decline_code"],
-            visa_response_code=a["visa_response_code"],
-            mc_advice_code=a["mc_advice_code"],
-        ),
         decline_class=_enum(retry_plan_pb2.DeclineClass, "DECLINE_CLASS", a["decline_class"]),
         gateway_charge_id=a["gateway_charge_id"],
         idempotency_key=a["idempotency_key"],
         message=a["message"],
-        amount=None if amount is None else money(currency, amount),
     )
+    set_ts(attempt.attempt_time, a["attempted_at"])
+    decline = attempt.decline  # present even when every code is empty
+    decline.decline_code = a["decline_code"]
+    decline.visa_response_code = a["visa_response_code"]
+    decline.mc_advice_code = a["mc_advice_code"]
+    if (amount := a["amount"]) is not None:
+        _set_money(attempt.amount, currency, amount)
+    return attempt
 
 
 def dunning_campaign(row: Row) -> dunning_pb2.DunningCampaign:
