@@ -287,11 +287,21 @@ async def test_the_database_lost_mid_message_is_retried_then_succeeds(
             blocker.get_server_pid(),
         )
         assert set(waiting) <= {r["pid"] for r in others}
+        terminated = [r["pid"] for r in others]
         await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid",
-            [r["pid"] for r in others],
+            "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", terminated
         )
         await lock.rollback()
+        # The service's idle pool connections were terminated too. Until their sockets close and
+        # the client has seen it, the pool may hand one out and it fails on first use
+        # (asyncpg: "another operation is in progress"). That was this test polling too early,
+        # not the consumer: wait until the backends have exited, then let the loop see it.
+        while await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", terminated
+        ):
+            assert time.monotonic() < deadline, "the terminated backends never exited"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
     finally:
         await blocker.close()
         await admin.close()
