@@ -115,6 +115,7 @@ async def stop_collection(
             cancelled_at=cmd.cancel_at,
             actor=principal.name,
         )
+        plan_ids = [str(p) for p in canceled]
         if recorded is not None:
             # What the service will refuse from now on is a change of its own: audited and
             # published, so billing systems learn that collection stopped.
@@ -127,7 +128,7 @@ async def stop_collection(
                 data={
                     "cancel_time": cmd.cancel_at.isoformat(),
                     "event_id": event_id,
-                    "retry_plans_canceled": [str(p) for p in canceled],
+                    "retry_plans_canceled": plan_ids,
                 },
                 event_field="subscription_collection_stopped",
                 event_payload=events_pb2.SubscriptionCollectionStopped(
@@ -135,10 +136,10 @@ async def stop_collection(
                     customer_id=cmd.customer_id,
                     cancel_time=convert.ts(cmd.cancel_at),
                     cancellation_event_id=event_id,
-                    canceled_plan_ids=[str(p) for p in canceled],
+                    canceled_plan_ids=plan_ids,
                 ),
             )
-    return CollectionStopped(recorded is not None, [str(p) for p in canceled])
+    return CollectionStopped(recorded is not None, plan_ids)
 
 
 def request_id_of(subscription_id: str, payment_id: str) -> str:

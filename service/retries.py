@@ -411,6 +411,13 @@ async def view(conn: Connection, plan_id: uuid.UUID) -> asyncpg.Record:
     return row
 
 
+def amount_due(plan: asyncpg.Record) -> int:
+    """What a plan has left to collect, in minor units of its currency: its amount less what
+    payments have paid of it (an int, not Money: the billing job asks once per attempt)."""
+    due: int = plan["amount"] - plan["amount_paid"]
+    return due
+
+
 async def _paid_before(conn: Connection, cmd: RecordFailure) -> int:
     """What payments recorded before the failure was reported paid of it (a payment.failed can
     be handled after the payment.succeeded of the same invoice: the queues are consumed
@@ -914,7 +921,7 @@ async def recover_by_payment(
     recovered = []
     for plan in await retries.open_plans_for(conn, payment_id, billing_event_id):
         plan_id = plan["plan_id"]
-        due = Money(plan["currency"], plan["amount"] - plan["amount_paid"])
+        due = Money(plan["currency"], amount_due(plan))
         if paid.currency != due.currency:
             reason = (
                 f"payment {payment_id} paid {paid}, and {due} is due: the currencies differ, so "
@@ -933,15 +940,15 @@ async def recover_by_payment(
             continue
         if paid.minor_units < due.minor_units:
             await retries.add_paid(conn, plan_id, paid.minor_units)
+            left = due.minor_units - paid.minor_units
             row = await view(conn, plan_id)
-            left = Money(row["currency"], row["amount"] - row["amount_paid"])
             await changes.record(
                 conn,
                 actor=actor,
                 action="retry.partially_paid",
                 entity_type="retry_plan",
                 entity_id=str(plan_id),
-                data={"payment_id": payment_id, "paid": paid.minor_units, "due": left.minor_units},
+                data={"payment_id": payment_id, "paid": paid.minor_units, "due": left},
                 event_field="retry_plan_changed",
                 event_payload=events_pb2.RetryPlanChanged(
                     plan=convert.retry_plan_state(row, row["methods"])

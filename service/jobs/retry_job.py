@@ -58,6 +58,7 @@ from service.gateways.base import (
 from service.retries import (
     CardHistories,
     RetryContext,
+    amount_due,
     announce,
     card_history,
     decide_for,
@@ -610,7 +611,7 @@ class RetryJob:
                     retry_of = fact["last_class"] if fact is not None else ""
                     method_id, started_at, charge_id = method.payment_method_id, now, ""
                     opened_by, network = source, method.network.value
-                    amount = plan["amount"] - plan["amount_paid"]  # what is left to collect
+                    amount = amount_due(plan)
                     replayed = False
                     hour, day, days = slot_of(
                         now, ZoneInfo(plan["time_zone"]), plan["first_failed_at"]
@@ -878,7 +879,7 @@ def _succeeded(attempt: _Attempt, plan: asyncpg.Record) -> str:
     was being charged may have paid part of what it charged: the customer paid the difference
     twice, and a person must refund it (logged as an error, and said in the reason)."""
     number, charged = attempt.request.attempt, attempt.request.amount
-    due = plan["amount"] - plan["amount_paid"]
+    due = amount_due(plan)
     if charged.minor_units <= due:
         return f"attempt {number} succeeded"
     over = Money(charged.currency, charged.minor_units - due)
