@@ -8,6 +8,11 @@ leaves. The 74 bits after the millisecond timestamp are random, from a generator
 module's own (not the ``random`` module's, which a caller may seed): ids are identifiers, not
 secrets, and this avoids a system call per id. It is seeded from the operating system, and
 again in a forked child, so two processes never draw the same bits.
+
+An id is asyncpg's own UUID (a ``uuid.UUID`` subclass, the type asyncpg gives for every uuid
+column): built from its 16 bytes in C, and its ``str`` is C too; ``uuid.UUID(int=...)`` cost
+the billing job 1.5 us per id and ``str`` of it 2 us more, for an attempt and two events per
+payment retry.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import os
 import random
 import time
 import uuid
+
+from asyncpg.pgproto.pgproto import UUID
 
 _VERSION_VARIANT = (0x7 << 76) | (0x2 << 62)
 _random = random.Random()
@@ -27,4 +34,4 @@ def uuid7() -> uuid.UUID:
     millis = time.time_ns() // 1_000_000
     rand = _random.getrandbits(74)
     value = (millis << 80) | ((rand >> 62) << 64) | (rand & ((1 << 62) - 1)) | _VERSION_VARIANT
-    return uuid.UUID(int=value)
+    return UUID(value.to_bytes(16))

@@ -84,8 +84,9 @@ async def record(
     payload names (``service.outbox.subjects``), for WatchEvents' filters. Inside a unit of
     work both are written right before COMMIT."""
     event_id = uuid7()
+    event_key = str(event_id)
     event = events_pb2.Event(
-        event_id=str(event_id),
+        event_id=event_key,
         type=action,
         aggregate_type=entity_type,
         aggregate_id=entity_id,
@@ -114,5 +115,5 @@ async def record(
         action=action,
         entity_type=entity_type,
         entity_id=entity_id,
-        data={**data, "event_id": str(event_id)},
+        data={**data, "event_id": event_key},
     )

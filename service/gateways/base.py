@@ -17,6 +17,7 @@ Error codes are normalised here, in the gateway modules, and nowhere else.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -213,17 +214,25 @@ def decline_of(outcome: ChargeOutcome) -> Decline:
     a gateway that could not be reached is a ``processing_error``, a charge that needs the
     customer is ``authentication_required``, a decline without a code is ``generic_decline``;
     an unknown network is OTHER."""
-    try:
-        network = DeclineNetwork(outcome.network.upper() or "OTHER")
-    except ValueError:
-        network = DeclineNetwork.OTHER
-    if outcome.kind is OutcomeKind.NOT_ATTEMPTED:
-        return Decline("processing_error", network)
-    if outcome.kind is OutcomeKind.REQUIRES_ACTION:
-        return Decline("authentication_required", network)
-    return Decline(
-        outcome.decline_code or "generic_decline",
-        network,
+    return _decline(
+        outcome.kind,
+        outcome.network,
+        outcome.decline_code,
         outcome.visa_response_code,
         outcome.mc_advice_code,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _decline(kind: OutcomeKind, network_name: str, code: str, visa: str, mac: str) -> Decline:
+    """``decline_of``, cached by the outcome's codes: declines repeat, a Decline is frozen, and
+    the billing job asks twice per attempt (the attempt's row, then the plan's next step)."""
+    try:
+        network = DeclineNetwork(network_name.upper() or "OTHER")
+    except ValueError:
+        network = DeclineNetwork.OTHER
+    if kind is OutcomeKind.NOT_ATTEMPTED:
+        return Decline("processing_error", network)
+    if kind is OutcomeKind.REQUIRES_ACTION:
+        return Decline("authentication_required", network)
+    return Decline(code or "generic_decline", network, visa, mac)

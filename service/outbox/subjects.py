@@ -28,34 +28,37 @@ def of_payload(payload: Message) -> Subjects:
     every payload, so a new event type is filterable without a change here; empty strings
     count as absent."""
     found: dict[str, str] = {}
-    for name, embedded in _places(payload.DESCRIPTOR):
-        for field in embedded:
-            if field is None:
-                value = getattr(payload, name)
-            elif payload.HasField(field):
-                value = getattr(getattr(payload, field), name)
-            else:
-                continue
-            if value:
+    for field, names in _places(payload.DESCRIPTOR):
+        if field is None:
+            holder = payload
+        elif payload.HasField(field):
+            holder = getattr(payload, field)
+        else:
+            continue
+        for name in names:
+            if name not in found and (value := getattr(holder, name)):
                 found[name] = value
-                break
     return Subjects(**found)
 
 
 @functools.cache
-def _places(descriptor: Descriptor) -> tuple[tuple[str, tuple[str | None, ...]], ...]:
-    """Per id name, where a payload of this type may hold it, in the order looked at: the
-    payload itself (None), then its singular message fields by field number."""
+def _places(descriptor: Descriptor) -> tuple[tuple[str | None, tuple[str, ...]], ...]:
+    """Where a payload of this type may hold the ids, in the order looked at: the payload
+    itself (None), then its singular message fields by field number; each with the id names
+    it has. An id is taken from the first place that has it not empty."""
     embedded = sorted(
         ((f.number, f.name, f.message_type) for f in descriptor.fields if not f.is_repeated),
         key=lambda field: field[0],
     )
-    places = []
-    for name in ID_FIELDS:
-        where: list[str | None] = [None] if name in descriptor.fields_by_name else []
-        where += [f for _, f, kind in embedded if kind is not None and name in kind.fields_by_name]
-        if where:
-            places.append((name, tuple(where)))
+    places: list[tuple[str | None, tuple[str, ...]]] = []
+    own = tuple(name for name in ID_FIELDS if name in descriptor.fields_by_name)
+    if own:
+        places.append((None, own))
+    for _, field, kind in embedded:
+        if kind is not None:
+            names = tuple(name for name in ID_FIELDS if name in kind.fields_by_name)
+            if names:
+                places.append((field, names))
     return tuple(places)
 
 

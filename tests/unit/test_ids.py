@@ -55,3 +55,18 @@ def test_a_forked_child_draws_other_ids_than_its_parent() -> None:
     os.close(read)
     parent = uuid7()
     assert child.int & ((1 << 74) - 1) != parent.int & ((1 << 74) - 1)
+
+
+def test_an_id_is_interchangeable_with_the_uuid_of_its_text() -> None:
+    """Ids are asyncpg's UUID (what it decodes uuid columns to): equal to, hashed as and
+    ordered like the ``uuid.UUID`` of the same value, so a dict keyed by ids read back from
+    the database finds the ids made here."""
+    value = uuid7()
+    same = uuid.UUID(str(value))
+    assert isinstance(value, uuid.UUID)
+    assert value == same
+    assert hash(value) == hash(same)
+    assert {same: 1}[value] == 1
+    later = uuid.UUID(int=value.int + 1)
+    assert value < later
+    assert not later < value
