@@ -1385,7 +1385,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             plan: list[tuple[str, str, int, int]] = [
                 ("B1", f"RetryJob in-process, {args.workers} loops", args.plans, 0),
                 ("B2", "RetryJob, 1 process, 1 loop", args.variant_plans, 1),
-                ("B3", "RetryJob, 2 processes, 1 loop each", args.variant_plans, 2),
+                (
+                    "B3",
+                    f"RetryJob, {args.b3_processes} processes, 1 loop each",
+                    args.variant_plans,
+                    args.b3_processes,
+                ),
             ]
             for label, title, count, procs in plan:
                 if label in wanted and count > 0:
@@ -1742,6 +1747,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--stored", type=sizes, default=[10_000, 100_000, 1_000_000], help="phase C sizes")
     add("--job-seconds", type=float, default=20.0, help="no new job run after this (0: drain)")
     add("--variant-plans", type=int, default=15_000, help="due plans loaded for B2 and B3")
+    add(
+        "--b3-processes",
+        type=int,
+        default=2,
+        help="job processes of phase B3 (one loop each, like replicas of the service)",
+    )
     add("--raw-plans", type=int, default=100_000, help="due plans loaded for phase A")
     add("--raw-loops", type=int, default=8)
     add("--raw-seconds", type=float, default=3.0, help="length of each raw measurement")

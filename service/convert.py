@@ -294,9 +294,9 @@ def retry_decision(d: Row) -> retry_plan_pb2.RetryDecision:
 
 def set_struct(target: struct_pb2.Struct, data: Mapping[str, Any]) -> None:
     """``target.update(data)``, a third faster for the values decisions hold (strings, ints,
-    floats, booleans, nested dicts): ``Struct.update`` asks ``isinstance`` of each value in
-    turn in Python, and the billing job fills a decision's data at most attempts. Any other
-    value (a list, None, a subclass) goes through ``Struct.update``, as before."""
+    floats, booleans, None, nested dicts): ``Struct.update`` asks ``isinstance`` of each value
+    in turn in Python, and the billing job fills a decision's data at most attempts. Any other
+    value (a list, a subclass) goes through ``Struct.update``, as before."""
     fields = target.fields
     for key, value in data.items():
         kind = type(value)
@@ -306,6 +306,8 @@ def set_struct(target: struct_pb2.Struct, data: Mapping[str, Any]) -> None:
             fields[key].number_value = value
         elif kind is bool:
             fields[key].bool_value = value
+        elif value is None:
+            fields[key].null_value = struct_pb2.NULL_VALUE
         elif kind is dict:
             nested = fields[key].struct_value
             nested.Clear()
