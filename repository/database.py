@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -32,8 +33,17 @@ _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 def json_text(value: Any) -> str:
     """The JSON text of ``value`` for a json or jsonb parameter. orjson is about ten times as
     fast as ``json.dumps`` (the billing job writes several JSON values per payment retry);
-    non-string keys become strings, as ``json.dumps`` makes them."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    non-string keys become strings, as ``json.dumps`` makes them. A UUID becomes its text,
+    whether a ``uuid.UUID`` (which orjson writes itself) or asyncpg's subclass, the type of
+    every id read from a uuid column and of every id ``repository.ids`` makes (which orjson
+    refuses: ``_json_default`` writes it, called only for such values)."""
+    return orjson.dumps(value, default=_json_default, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _json_default(value: Any) -> str:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 async def _init_connection(conn: Connection) -> None:

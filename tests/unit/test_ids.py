@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
 import uuid
 
+import pytest
+
+from repository.database import json_text
 from repository.ids import uuid7
 
 
@@ -70,3 +74,16 @@ def test_an_id_is_interchangeable_with_the_uuid_of_its_text() -> None:
     later = uuid.UUID(int=value.int + 1)
     assert value < later
     assert not later < value
+
+
+def test_an_id_in_a_json_value_is_written_as_its_text() -> None:
+    """orjson writes a ``uuid.UUID`` but refuses asyncpg's subclass, the type of the ids made
+    here: json_text (every json/jsonb parameter) writes both as their text."""
+    made, plain = uuid7(), uuid.uuid4()
+    assert json.loads(json_text({"made": made, "plain": plain, "n": [made]})) == {
+        "made": str(made),
+        "plain": str(plain),
+        "n": [str(made)],
+    }
+    with pytest.raises(TypeError, match="not JSON serializable: object"):
+        json_text({"what": object()})
