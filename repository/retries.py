@@ -237,6 +237,12 @@ async def open_plans_for(
     return await conn.fetch(Q["open_plans_for_billing_event"], payment_id, billing_event_id)
 
 
+async def open_plans_of_billing_events(
+    conn: Connection, billing_event_ids: Sequence[str]
+) -> list[asyncpg.Record]:
+    return await conn.fetch(Q["open_plans_of_billing_events"], list(billing_event_ids))
+
+
 async def open_plans_for_subscription(
     conn: Connection, subscription_id: str
 ) -> list[asyncpg.Record]:

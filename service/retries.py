@@ -914,73 +914,156 @@ async def recover_by_payment(
 ) -> list[uuid.UUID]:
     """The customer paid another way (RecordPayment, payment.succeeded): each open plan of that
     payment (or billing event: plans of one invoice are the same debt) counts ``paid`` against
-    what it has left to collect. Paid in full (or more): RECOVERED. Paid in part: the plan
-    goes on collecting the rest (``retry.partially_paid``). Paid in another currency: the
-    amounts cannot be compared, so the plan is PAUSED for a person, never charged again on a
-    guess. Runs inside the caller's transaction. Returns the plans recovered."""
-    recovered = []
-    for plan in await retries.open_plans_for(conn, payment_id, billing_event_id):
-        plan_id = plan["plan_id"]
-        due = Money(plan["currency"], amount_due(plan))
-        if paid.currency != due.currency:
-            reason = (
-                f"payment {payment_id} paid {paid}, and {due} is due: the currencies differ, so "
-                "the service cannot tell whether the invoice is paid; check, then resume or "
-                "cancel the plan"
-            )
-            log.warning(
-                "retry plan %s paused: %s",
-                plan_id,
-                reason,
-                extra={"action": "retry.payment_in_other_currency", "plan_id": str(plan_id)},
-            )
-            await _move_and_announce(
-                conn, plan, PlanStatus.PAUSED, reason, actor=actor, data={"payment_id": payment_id}
-            )
-            continue
-        if paid.minor_units < due.minor_units:
-            await retries.add_paid(conn, plan_id, paid.minor_units)
-            left = due.minor_units - paid.minor_units
-            row = await view(conn, plan_id)
-            await changes.record(
-                conn,
-                actor=actor,
-                action="retry.partially_paid",
-                entity_type="retry_plan",
-                entity_id=str(plan_id),
-                data={"payment_id": payment_id, "paid": paid.minor_units, "due": left},
-                event_field="retry_plan_changed",
-                event_payload=events_pb2.RetryPlanChanged(
-                    plan=convert.retry_plan_state(row, row["methods"])
-                ),
-            )
-            continue
-        said = f"paid by payment {payment_id}"
-        if paid.minor_units > due.minor_units:
-            said += f" ({paid}, {Money(paid.currency, paid.minor_units - due.minor_units)} more "
-            said += f"than the {due} due)"
-        reason = await _ending_reason(conn, plan, said)
-        moved = await retries.set_status(
+    what it has left to collect (``_count_paid``). Runs inside the caller's transaction.
+    Returns the plans recovered."""
+    return [
+        plan["plan_id"]
+        for plan in await retries.open_plans_for(conn, payment_id, billing_event_id)
+        if await _count_paid(
             conn,
-            plan_id,
-            PlanStatus.RECOVERED,
-            sorted(plan_sources_of(PlanStatus.RECOVERED)),
-            reason,
+            plan,
+            paid,
+            by=f"payment {payment_id}",
+            recovered_by="payment",
+            data={"payment_id": payment_id},
+            actor=actor,
         )
-        if not moved:
-            continue
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Collected:
+    """What a retry attempt collected: the plan it recovered, of which billing event, how
+    much, and the gateway's charge."""
+
+    plan_id: uuid.UUID
+    billing_event_id: str
+    amount: Money
+    attempt: int
+    gateway_charge_id: str
+
+
+async def settle_other_plans(
+    conn: Connection, collected: Sequence[Collected], *, actor: str
+) -> list[uuid.UUID]:
+    """Retry attempts that recovered their plans paid their billing events: every other open
+    plan of those billing events (another failed payment of the same invoice: the same debt)
+    counts what was collected, as a payment recorded for it would (``_count_paid``), instead
+    of charging the customer for the invoice again. One statement finds them for a whole
+    chunk of the billing job. Two plans of one invoice that both collected it in one chunk
+    are logged as an error: the customer paid twice, and a person must refund one. Runs
+    inside the caller's transaction, after the recovered plans were moved. Returns the plans
+    recovered."""
+    by_event: dict[str, list[Collected]] = {}
+    for c in collected:
+        if c.billing_event_id:
+            by_event.setdefault(c.billing_event_id, []).append(c)
+    if not by_event:
+        return []
+    for billing_event_id, both in by_event.items():
+        if len(both) > 1:
+            log.error(
+                "billing event %s was collected %d times by retry attempts of plans %s: the "
+                "customer paid it more than once; refund the difference",
+                billing_event_id,
+                len(both),
+                ", ".join(str(c.plan_id) for c in both),
+                extra={"action": "retry_job.collected_twice", "billing_event_id": billing_event_id},
+            )
+    recovered = []
+    for plan in await retries.open_plans_of_billing_events(conn, sorted(by_event)):
+        first = by_event[plan["billing_event_id"]][0]
+        if await _count_paid(
+            conn,
+            plan,
+            first.amount,
+            by=(
+                f"attempt {first.attempt} of retry plan {first.plan_id} for the same billing "
+                f"event (charge {first.gateway_charge_id})"
+            ),
+            recovered_by="retry",
+            data={
+                "retry_plan_id": str(first.plan_id),
+                "attempt": first.attempt,
+                "gateway_charge_id": first.gateway_charge_id,
+            },
+            actor=actor,
+        ):
+            recovered.append(plan["plan_id"])
+    return recovered
+
+
+async def _count_paid(
+    conn: Connection,
+    plan: asyncpg.Record,
+    paid: Money,
+    *,
+    by: str,
+    recovered_by: str,
+    data: dict[str, Any],
+    actor: str,
+) -> bool:
+    """``paid`` (``by`` says who paid) counted against what the open ``plan`` has left to
+    collect. Paid in full (or more): RECOVERED (True). Paid in part: the plan goes on
+    collecting the rest (``retry.partially_paid``). Paid in another currency: the amounts
+    cannot be compared, so the plan is PAUSED for a person, never charged again on a guess."""
+    plan_id = plan["plan_id"]
+    due = Money(plan["currency"], amount_due(plan))
+    if paid.currency != due.currency:
+        reason = (
+            f"{by} paid {paid}, and {due} is due: the currencies differ, so the service cannot "
+            "tell whether the invoice is paid; check, then resume or cancel the plan"
+        )
+        log.warning(
+            "retry plan %s paused: %s",
+            plan_id,
+            reason,
+            extra={"action": "retry.payment_in_other_currency", "plan_id": str(plan_id)},
+        )
+        await _move_and_announce(conn, plan, PlanStatus.PAUSED, reason, actor=actor, data=data)
+        return False
+    if paid.minor_units < due.minor_units:
+        await retries.add_paid(conn, plan_id, paid.minor_units)
+        left = due.minor_units - paid.minor_units
         row = await view(conn, plan_id)
         await changes.record(
             conn,
             actor=actor,
-            action="payment.recovered",
+            action="retry.partially_paid",
             entity_type="retry_plan",
             entity_id=str(plan_id),
-            data={"recovered_by": "payment", "payment_id": payment_id},
-            event_field="payment_recovered",
-            event_payload=events_pb2.PaymentRecovered(
-                plan=convert.retry_plan_state(row, row["methods"]), recovered_by="payment"
+            data={**data, "paid": paid.minor_units, "due": left},
+            event_field="retry_plan_changed",
+            event_payload=events_pb2.RetryPlanChanged(
+                plan=convert.retry_plan_state(row, row["methods"])
             ),
         )
-        recovered.append(plan_id)
-    return recovered
+        return False
+    said = f"paid by {by}"
+    if paid.minor_units > due.minor_units:
+        said += f" ({paid}, {Money(paid.currency, paid.minor_units - due.minor_units)} more "
+        said += f"than the {due} due)"
+    reason = await _ending_reason(conn, plan, said)
+    moved = await retries.set_status(
+        conn,
+        plan_id,
+        PlanStatus.RECOVERED,
+        sorted(plan_sources_of(PlanStatus.RECOVERED)),
+        reason,
+    )
+    if not moved:
+        return False
+    row = await view(conn, plan_id)
+    await changes.record(
+        conn,
+        actor=actor,
+        action="payment.recovered",
+        entity_type="retry_plan",
+        entity_id=str(plan_id),
+        data={"recovered_by": recovered_by, **data},
+        event_field="payment_recovered",
+        event_payload=events_pb2.PaymentRecovered(
+            plan=convert.retry_plan_state(row, row["methods"]), recovered_by=recovered_by
+        ),
+    )
+    return True

@@ -129,6 +129,15 @@ SELECT * FROM retry_plan
  ORDER BY plan_id
    FOR UPDATE;
 
+-- name: open_plans_of_billing_events
+-- The open plans of these billing events ($1, none ''), locked in plan_id order: a retry
+-- attempt of another plan of each collected it (retry_plan_billing_event_idx).
+SELECT * FROM retry_plan
+ WHERE billing_event_id = ANY($1::text[]) AND billing_event_id <> ''
+   AND status IN ('ACTIVE', 'PAUSED')
+ ORDER BY plan_id
+   FOR UPDATE;
+
 -- name: add_paid
 -- A payment paid $2 of the plan's amount, not all that was left (the plan goes on collecting
 -- the rest).

@@ -57,6 +57,7 @@ from service.gateways.base import (
 )
 from service.retries import (
     CardHistories,
+    Collected,
     RetryContext,
     amount_due,
     announce,
@@ -64,6 +65,7 @@ from service.retries import (
     decide_for,
     plan_methods,
     redecide,
+    settle_other_plans,
     slot_of,
     view,
 )
@@ -772,6 +774,22 @@ class RetryJob:
                         latest=convert.retry_decision(decided[plan_id]),
                         actor=SYSTEM.name,
                     )
+            # The invoices collected here are not charged again by their other plans.
+            await settle_other_plans(
+                conn,
+                [
+                    Collected(
+                        a.plan_id,
+                        locked[a.plan_id]["billing_event_id"],
+                        a.request.amount,
+                        a.request.attempt,
+                        a.outcome.gateway_charge_id if a.outcome is not None else "",
+                    )
+                    for a in mine
+                    if w.results[a.plan_id] == "recovered" and locked[a.plan_id]["billing_event_id"]
+                ],
+                actor=SYSTEM.name,
+            )
         return lost + [w.results[a.plan_id] for a in mine]
 
     def _next_step(

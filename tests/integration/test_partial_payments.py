@@ -1,7 +1,9 @@
 """A payment recorded for a failed payment's invoice counts against what its retry plan has
 left to collect: in full it recovers the plan, in part the plan charges only the rest (as
 Stripe retries an invoice's amount_remaining), in another currency a person decides. An
-attempt charges what was due when it opened, and a replay charges that again under its key."""
+attempt charges what was due when it opened, and a replay charges that again under its key.
+A retry of one failed payment of an invoice that collects it counts as paid for the invoice's
+other plans (other failed payments of it: the same debt)."""
 
 from __future__ import annotations
 
@@ -237,3 +239,100 @@ async def test_a_partial_payment_while_an_attempt_is_charged_is_named_when_it_su
     done = await plan_of(client, plan.plan_id)
     assert done.status == PS.RETRY_PLAN_STATUS_RECOVERED
     assert "20.00 USD more than was left due" in done.status_reason
+
+
+async def test_a_retry_that_collects_the_invoice_ends_its_other_failed_payments_plan(
+    client: Client, db: Database
+) -> None:
+    """Two failed payments of one invoice (the billing system tried it twice, under two
+    payment ids) have a plan each. The first plan's retry collects the invoice: the second
+    plan counts it, as it counts a payment recorded for the invoice, and never charges it
+    again."""
+    bill = invoice()
+    earlier = datetime.now(UTC) - timedelta(minutes=10)
+    first = (await record(client, failure(billing_event_id=bill, at=earlier))).plan
+    second = (await record(client, failure(billing_event_id=bill, card="pm_card_2"))).plan
+    assert first.payment_id != second.payment_id
+
+    charged: list[tuple[str, int, str]] = []
+    gateway = charging(charged)
+    summary = await retry_job(client, db, gateway).run(due_by=datetime.now(UTC))
+    assert summary.recovered == 1
+    assert charged == [(f"retry-{first.plan_id}-attempt-2", 2500, "USD")]  # only the due one
+
+    ended = await plan_of(client, second.plan_id)
+    assert ended.status == PS.RETRY_PLAN_STATUS_RECOVERED
+    assert ended.status_reason == (
+        f"paid by attempt 2 of retry plan {first.plan_id} for the same billing event (charge ch_1)"
+    )
+    told = (await events(db, second.plan_id))[-1]
+    assert told.type == "payment.recovered"
+    assert told.payment_recovered.recovered_by == "retry"
+
+    # The second plan's attempt was due a minute after its failure: nothing is charged.
+    await retry_job(client, db, gateway).run(due_by=datetime.now(UTC) + DUE)
+    assert len(charged) == 1
+
+
+async def test_plans_of_one_invoice_in_one_chunk(
+    client: Client, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In one chunk: a plan that collected the invoice ends its declined sibling after that
+    sibling's own outcome is recorded; two plans that both collected one invoice are logged
+    as an error (the customer paid twice: a person refunds one); a sibling of a smaller
+    amount left keeps collecting the rest."""
+    declined_bill, twice_bill, part_bill = invoice(), invoice(), invoice()
+    collects = await record(client, failure(billing_event_id=declined_bill, outcome="succeed"))
+    declines = await record(
+        client,
+        failure(
+            billing_event_id=declined_bill,
+            card="pm_card_2",
+            outcome="decline:insufficient_funds",
+        ),
+    )
+    twice = [
+        (await record(client, failure(billing_event_id=twice_bill, card=card, outcome="succeed")))
+        for card in ("pm_card_3", "pm_card_4")
+    ]
+    part = await record(
+        client,
+        failure(billing_event_id=part_bill, card="pm_card_5", amount=1000, outcome="succeed"),
+    )
+    rest = await record(
+        client,
+        failure(
+            billing_event_id=part_bill,
+            card="pm_card_6",
+            amount=2500,
+            outcome="decline:insufficient_funds",
+        ),
+    )
+
+    summary = await retry_job(client, db).run(due_by=datetime.now(UTC) + DUE)
+    assert summary.recovered == 4  # the attempts that collected: the siblings are not counted
+
+    ended = await plan_of(client, declines.plan.plan_id)
+    assert ended.status == PS.RETRY_PLAN_STATUS_RECOVERED
+    assert ended.status_reason.startswith(
+        f"paid by attempt 2 of retry plan {collects.plan.plan_id}"
+    )
+    assert [e.type for e in await events(db, declines.plan.plan_id)][-3:] == [
+        "retry.attempted",
+        "retry.scheduled",
+        "payment.recovered",
+    ]
+    for plan in twice:
+        assert (await plan_of(client, plan.plan.plan_id)).status == PS.RETRY_PLAN_STATUS_RECOVERED
+    twice_logged = [
+        r for r in caplog.records if getattr(r, "action", "") == "retry_job.collected_twice"
+    ]
+    assert [(r.levelname, getattr(r, "billing_event_id", None)) for r in twice_logged] == [
+        ("ERROR", twice_bill)
+    ]
+
+    left = await plan_of(client, rest.plan.plan_id)
+    assert left.status == PS.RETRY_PLAN_STATUS_ACTIVE
+    assert (left.amount_paid.minor_units, left.amount_due.minor_units) == (1000, 1500)
+    assert (await events(db, rest.plan.plan_id))[-1].type == "retry.partially_paid"
+    assert (await plan_of(client, part.plan.plan_id)).status == PS.RETRY_PLAN_STATUS_RECOVERED
