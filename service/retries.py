@@ -956,7 +956,7 @@ async def settle_other_plans(
     recovered."""
     by_event: dict[str, list[Collected]] = {}
     for c in collected:
-        if c.billing_event_id:
+        if c.billing_event_id:  # a plan of no billing event has no other plans of it
             by_event.setdefault(c.billing_event_id, []).append(c)
     if not by_event:
         return []

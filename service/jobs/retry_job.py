@@ -783,10 +783,10 @@ class RetryJob:
                         locked[a.plan_id]["billing_event_id"],
                         a.request.amount,
                         a.request.attempt,
-                        a.outcome.gateway_charge_id if a.outcome is not None else "",
+                        w.finished[a.attempt_id].gateway_charge_id,  # as stored
                     )
                     for a in mine
-                    if w.results[a.plan_id] == "recovered" and locked[a.plan_id]["billing_event_id"]
+                    if w.results[a.plan_id] == "recovered"
                 ],
                 actor=SYSTEM.name,
             )
